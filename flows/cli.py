@@ -1,0 +1,94 @@
+"""``lifecycle``: run the pipeline (or part of it) from the command line.
+
+The config is resolved and validated before anything heavy is imported, so a bad value
+fails in about a second with one line naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from phases.config import PHASE_NAMES, load_config
+from phases.errors import LifecycleError
+
+
+def _phases(text: str | None) -> list[str]:
+    if not text:
+        return list(PHASE_NAMES)
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in chosen if p not in PHASE_NAMES]
+    if bad:
+        raise LifecycleError(f"--phases: unknown phase(s) {', '.join(bad)}; choose from {','.join(PHASE_NAMES)}")
+    return [p for p in PHASE_NAMES if p in chosen]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifecycle", description="An LLM's six development phases as one Prefect flow, traced in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (all phases, or --phases)")
+    run.add_argument("--config", default="tiny", help="preset name in infra/configs (default: tiny) or a YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. pretrain.max_steps=20 (repeatable)")
+    run.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASE_NAMES)}; the others' finished outputs are reused")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def _dry_run(cfg, selected: list[str]) -> int:
+    import yaml
+
+    from flows.env import configure
+    from flows.pipeline import plan
+
+    home = configure()
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    print(f"\n# config hash {cfg.digest()}; outputs under {home / 'outputs'}")
+    for row in plan(cfg, home, selected):
+        print(f"{row['phase']:<10} {row['action']:<8} key={row['key']}" + (f"  {row['uri']}" if row.get("uri") else ""))
+    return 0
+
+
+def _report(result: dict) -> None:
+    print("\n=== llm-lifecycle run finished ===")
+    print(f"MLflow parent run: {result['parent_run_id']}  (experiment {result['experiment_id']}, {result['tracking_uri']})")
+    print(f"Outputs: {result['home']}/outputs")
+    for phase, r in result["phases"].items():
+        figures = ", ".join(f"{k}={_fmt(v)}" for k, v in r["headline"].items())
+        print(f"  {phase:<10} {'reused' if r['reused'] else 'ran':<6} {figures}\n  {'':<10} {r['uri']}")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        selected = _phases(args.phases)
+        if args.dry_run:
+            return _dry_run(cfg, selected)
+        from flows.env import configure
+
+        configure()
+        from flows.pipeline import lifecycle_pipeline
+
+        result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected)
+    except LifecycleError as e:
+        print(f"lifecycle: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lifecycle: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Process environment for the embedded default; set before Prefect or MLflow is imported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def lifecycle_home() -> Path:
+    return Path(os.environ.get("LIFECYCLE_HOME", ".lifecycle")).resolve()
+
+
+def configure(home: Path | None = None) -> Path:
+    """Point Prefect, MLflow and Hugging Face at local, offline state under ``home``.
+
+    Values already in the environment win: ``PREFECT_API_URL`` selects a Prefect server
+    (else a temporary local one starts), ``MLFLOW_TRACKING_URI`` an MLflow server (else
+    SQLite in ``home``). Subprocesses (the DeepSpeed ranks) inherit all of it.
+    """
+    home = Path(home) if home else lifecycle_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["LIFECYCLE_HOME"] = str(home)
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "lifecycle",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    return home

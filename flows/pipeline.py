@@ -1,0 +1,110 @@
+"""The six-phase pipeline as one Prefect flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.env import configure
+from phases.config import PHASE_NAMES, load_config
+from phases.errors import NotReadyError
+from phases.refs import PhaseRef
+from phases.registry import PHASES, finished_output, key_for, sources_ref
+from phases.storage import is_complete, output_dir
+from tasks import lineage
+from tasks.phases import TASKS, LineageContext
+
+PhaseName = Literal["data", "model", "pretrain", "align", "inference", "evaluate"]
+
+
+@flow(name="llm-lifecycle", log_prints=True)
+def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None, phases: list[PhaseName] | None = None) -> dict:
+    """Run the selected phases (default: all six), reusing finished outputs of the others.
+
+    ``config`` is a preset name in infra/configs or a YAML path; ``overrides`` are dotted
+    assignments such as ``pretrain.max_steps=20``.
+    """
+    logger = get_run_logger()
+    home = configure()
+    cfg = load_config(config, overrides or [])
+    selected = list(phases or PHASE_NAMES)
+    mlf = lineage.client(home)
+    exp_id = lineage.experiment_id(mlf, cfg.experiment, home)
+    tags = lineage.base_tags(cfg, str(flow_run.id) if flow_run.id else None, lineage.git_commit())
+    parent = lineage.start_parent(mlf, exp_id, cfg, tags, selected)
+    ctx = LineageContext(home=str(home), experiment_id=exp_id, parent_run_id=parent, tags=tags)
+    logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.tracking_uri(home))
+
+    refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
+    results: dict[str, dict] = {}
+    try:
+        for spec in PHASES:
+            inputs = {n: refs[n] for n in spec.inputs}
+            key = key_for(spec, cfg, inputs)
+            section = cfg.section(spec.name).model_dump(mode="json")
+            if spec.name in selected:
+                done = is_complete(output_dir(home, spec.name, key))
+                # A Prefect cache record whose directory was deleted must not be trusted.
+                task = TASKS[spec.name].with_options(refresh_cache=not done)
+                state = task(spec.name, key, cfg, inputs, ctx, return_state=True)
+                ref = state.result()
+                reused = state.name == "Cached"
+                if reused:
+                    lineage.record_reused(mlf, exp_id, parent, spec.name, section, tags, inputs, ref)
+            else:
+                ref = finished_output(spec, cfg, inputs, home)
+                if ref is None:
+                    raise NotReadyError(
+                        f"phase {spec.name} has no finished output for this config (key {key}); add it to --phases"
+                    )
+                lineage.record_reused(mlf, exp_id, parent, spec.name, section, tags, inputs, ref)
+                reused = True
+            refs[spec.name] = ref
+            results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}
+            logger.info("%s: %s %s", spec.name, "reused" if reused else "done", results[spec.name]["headline"])
+    except BaseException as e:
+        lineage.fail_run(mlf, parent, e)
+        raise
+    _log_parent_headlines(mlf, parent, results)
+    mlf.set_terminated(parent, "FINISHED")
+    return {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": lineage.tracking_uri(home), "home": str(home), "phases": results}
+
+
+def _log_parent_headlines(mlf, parent: str, results: dict) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{phase}/{k}", float(v), now, 0)
+        for phase, r in results.items()
+        for k, v in r["headline"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if metrics:
+        mlf.log_batch(parent, metrics=metrics)
+
+
+def plan(cfg, home: Path, selected: list[str]) -> list[dict]:
+    """What each phase would do: run, reuse a finished output, or fail for lack of one."""
+    refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
+    rows = []
+    unknown_upstream = False
+    for spec in PHASES:
+        if unknown_upstream:
+            rows.append({"phase": spec.name, "action": "run" if spec.name in selected else "missing", "key": "(after upstream runs)"})
+            continue
+        inputs = {n: refs[n] for n in spec.inputs}
+        key = key_for(spec, cfg, inputs)
+        ref = finished_output(spec, cfg, inputs, home)
+        if ref is not None:
+            refs[spec.name] = ref
+            rows.append({"phase": spec.name, "action": "reuse", "key": key, "uri": ref.uri})
+        else:
+            unknown_upstream = True
+            rows.append({"phase": spec.name, "action": "run" if spec.name in selected else "missing", "key": key})
+    return rows

@@ -1,0 +1,317 @@
+"""Typed configuration: one frozen root with a section per phase.
+
+Presets are YAML files in ``infra/configs/``; a preset may name a ``base`` preset that it
+overrides. Dotted overrides (``pretrain.lr=3e-4``) apply last. Every value is validated
+before any work starts, and a bad one raises :class:`ConfigError` with one line naming
+the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from phases.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "infra" / "configs"
+PHASE_NAMES = ("data", "model", "pretrain", "align", "inference", "evaluate")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+SourceKind = Literal["python_stdlib", "package_docs", "package_licenses", "jsonl", "parquet", "text"]
+
+
+class SourceConfig(Section):
+    """One named input source of the data phase."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$", description="Source name, used in counts and lineage.")
+    kind: SourceKind = Field(description="Built-in corpus (python_stdlib, package_docs, package_licenses) or a file format.")
+    path: str | None = Field(None, description="File, directory or glob Spark can read (file://, s3a://, hdfs://); for jsonl/parquet/text.")
+    text_field: str = Field("text", description="Field holding the document text (jsonl/parquet).")
+    id_field: str | None = Field("id", description="Field holding a stable id; derived from the text hash when absent.")
+    weight: float = Field(1.0, gt=0, description="Mixture weight: the source's target share of documents is weight / sum(weights).")
+    max_docs: int | None = Field(None, gt=0, description="Read at most this many documents (deterministic: by path order).")
+    license: str = Field("unknown", description="Licence or notes tag carried into the manifest.")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> "SourceConfig":
+        if self.kind in ("jsonl", "parquet", "text") and not self.path:
+            raise ValueError(f"source {self.name!r} of kind {self.kind} needs a path")
+        return self
+
+
+class DataConfig(Section):
+    """Phase 1: read, normalize, filter, deduplicate, mix and split the sources."""
+
+    sources: tuple[SourceConfig, ...] = Field(min_length=1, description="Input sources, each with a mixture weight.")
+    spark_master: str = Field("local[*]", description="Spark master URL: local[*] embedded, spark://host:7077 for a cluster.")
+    spark_driver_memory: str = Field("2g", description="spark.driver.memory for the embedded session.")
+    min_chars: int = Field(50, ge=0, description="Documents shorter than this (after normalization) are dropped as too_short.")
+    max_chars: int = Field(200_000, gt=0, description="Documents longer than this are quarantined as too_long.")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents in the validation split (by id hash).")
+    shards: int = Field(2, ge=1, le=4096, description="Parquet files per split.")
+    seed: int = Field(0, description="Seed of the mixing sample.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must be below max_chars ({self.max_chars})")
+        return self
+
+
+class ModelConfig(Section):
+    """Phase 2: tokenizer, packed sequences and the architecture."""
+
+    vocab_size: int = Field(4096, ge=300, le=65535 * 4, description="BPE vocabulary size (>= 256 bytes + special tokens).")
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
+    tokenizer_max_bytes: int = Field(20_000_000, gt=0, description="Train the tokenizer on at most this many bytes of text.")
+    seq_len: int = Field(128, ge=8, description="Packed sequence length in tokens.")
+    hidden_size: int = Field(128, ge=8, description="Transformer width.")
+    num_layers: int = Field(2, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
+    intermediate_size: int = Field(352, ge=8, description="MLP width.")
+    max_position_embeddings: int = Field(512, ge=8, description="Longest sequence the model supports (>= seq_len).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.seq_len > self.max_position_embeddings:
+            raise ValueError(f"seq_len ({self.seq_len}) exceeds max_position_embeddings ({self.max_position_embeddings})")
+        return self
+
+
+class PretrainConfig(Section):
+    """Phase 3: next-token prediction with DeepSpeed."""
+
+    max_steps: int = Field(150, ge=1, description="Optimizer steps.")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per rank per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(3e-3, gt=0, le=1, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of lr (cosine).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (fp32 on CPU).")
+    num_gpus: int = Field(1, ge=1, description="Ranks per node (CPU processes when no GPU is present).")
+    num_nodes: int = Field(1, ge=1, description="Nodes; >1 needs a hostfile.")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
+    eval_every: int = Field(50, ge=1, description="Validation loss every N steps.")
+    eval_batches: int = Field(8, ge=1, description="Validation batches per evaluation.")
+    seed: int = Field(0, description="Seed of initialization and data order.")
+    timeout_s: int = Field(3600, ge=10, description="Kill the training job after this many seconds.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainConfig":
+        if self.num_nodes > 1 and not self.hostfile:
+            raise ValueError(f"num_nodes={self.num_nodes} needs pretrain.hostfile (a DeepSpeed hostfile)")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        return self
+
+
+class AlignConfig(Section):
+    """Phase 4: supervised fine-tuning with TRL."""
+
+    method: Literal["sft"] = Field("sft", description="Alignment recipe.")
+    num_pairs: int = Field(512, ge=8, description="Instruction pairs derived from the corpus (at most).")
+    max_steps: int = Field(40, ge=1, description="SFT optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    lr: float = Field(1e-3, gt=0, le=1, description="SFT learning rate.")
+    max_length: int = Field(128, ge=16, description="Truncate examples to this many tokens.")
+    seed: int = Field(0, description="Seed of the trainer and of pair sampling.")
+
+
+class InferenceConfig(Section):
+    """Phase 5: sampling from the aligned model."""
+
+    prompts: tuple[str, ...] = Field(
+        ("def read_config(path):", "The license grants", "import os\n", "# Installation\n"),
+        min_length=1,
+        description="Prompts to complete.",
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Tokens to generate per prompt.")
+    temperature: float = Field(0.8, gt=0, le=5, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0 disables).")
+    batch_size: int = Field(4, ge=1, description="Prompts per generate() call.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
+class EvaluateConfig(Section):
+    """Phase 6: lm-eval benchmark on held-out data, and validation perplexity."""
+
+    num_examples: int = Field(64, ge=4, description="Multiple-choice questions built from the validation split.")
+    num_choices: int = Field(4, ge=2, le=10, description="Choices per question.")
+    context_chars: int = Field(200, ge=20, description="Characters of a document shown as the question.")
+    continuation_chars: int = Field(60, ge=5, description="Characters of the true continuation (and of each distractor).")
+    perplexity_batches: int = Field(16, ge=1, description="Validation batches for perplexity.")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size.")
+    seed: int = Field(0, description="Seed for question construction.")
+
+
+class LifecycleConfig(Section):
+    """The whole pipeline: a section per phase."""
+
+    name: str = Field("tiny", description="Preset name, recorded in lineage.")
+    experiment: str = Field("llm-lifecycle", min_length=1, description="MLflow experiment name.")
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    align: AlignConfig = AlignConfig()
+    inference: InferenceConfig = InferenceConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def section(self, phase: str) -> Section:
+        return getattr(self, phase)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_preset(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(f.stem for f in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a YAML file nor a preset; presets: {', '.join(known)}")
+
+
+def load_raw(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    path = _resolve_preset(name_or_path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} names itself as a base (cycle: {' -> '.join(map(str, _seen))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base:
+        base_path = (path.parent / base) if (path.parent / base).exists() else base
+        raw = _deep_merge(load_raw(base_path, _seen + (path,)), raw)
+    return raw
+
+
+def apply_override(raw: dict, assignment: str) -> dict:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict; list items by index."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value, e.g. pretrain.max_steps=20")
+    key, _, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} indexes a list of {len(node)} items")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {key!r}: {last} indexes a list of {len(node)} items")
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return raw
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see infra/configs/tiny.yaml"
+        return f"{loc} is not a known setting; allowed keys here: {allowed}"
+    if err["type"] == "missing":
+        return f"{loc} is required but missing"
+    value = err.get("input")
+    if isinstance(value, dict):
+        return f"{loc}: {msg.removeprefix('Value error, ')}"
+    return f"{loc}={value!r} is invalid: {msg.removeprefix('Value error, ')}"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = LifecycleConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def validate(raw: dict) -> LifecycleConfig:
+    try:
+        return LifecycleConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_describe(err) for err in e.errors())) from None
+
+
+def load_config(name_or_path: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> LifecycleConfig:
+    raw = load_raw(name_or_path)
+    for assignment in overrides:
+        raw = apply_override(raw, assignment)
+    return validate(raw)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict into dotted keys (for MLflow params)."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = obj
+    return out

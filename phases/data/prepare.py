@@ -1,0 +1,274 @@
+"""Phase 1 on Spark: read the sources, normalize, filter, drop exact duplicates, mix, split.
+
+Per-document logic lives in :mod:`phases.data.normalize` and runs batch-wise through
+``mapInPandas`` (Arrow), never as a per-row Python UDF. Every document that does not reach
+the output is written to ``rejected/`` with its source, location, stage and reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+from typing import Any, Iterator
+
+from phases.config import DataConfig, SourceConfig
+from phases.data.sources import is_remote, source_files
+from phases.errors import DataError
+from phases.metrics import MetricsSink, write_table
+
+log = logging.getLogger("lifecycle.data")
+
+PROCESSED_SCHEMA = (
+    "id string, source string, location string, text string, sha string, chars long, stage string, reason string"
+)
+OUTPUT_COLUMNS = ("id", "source", "text")
+
+
+def spark_session(master: str, driver_memory: str = "2g"):
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    # Executors must run this interpreter (the venv's), not whatever python is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("llm-lifecycle-data")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.shuffle.partitions", "8" if master.startswith("local") else "200")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _id_prefix(source: SourceConfig) -> str:
+    """Builtin documents are identified by their path relative to the install, stable across machines."""
+    if source.kind == "python_stdlib":
+        return "file:" + os.path.abspath(sysconfig.get_paths()["stdlib"]) + "/"
+    if source.kind in ("package_docs", "package_licenses"):
+        return "file:" + os.path.abspath(sysconfig.get_paths()["purelib"]) + "/"
+    if source.kind == "text" and source.path and not is_remote(source.path):
+        # A plain-text file is identified by its path under the source directory.
+        p = Path(os.path.abspath(Path(source.path.removeprefix("file://")).expanduser()))
+        root = p if p.is_dir() else p.parent
+        while any(ch in str(root) for ch in "*?["):
+            root = root.parent
+        return "file:" + str(root) + "/"
+    return ""
+
+
+def read_source(spark, source: SourceConfig):
+    """One source as rows (source, location, doc_id, raw bytes, read_error)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    files = source_files(source)
+    paths = [os.path.abspath(f) for f in files] if files is not None else [source.path]
+    location = F.col("_metadata.file_path")
+    no_error = F.lit(None).cast("string")
+    if source.kind in ("python_stdlib", "package_docs", "package_licenses", "text"):
+        df = spark.read.text(paths, wholetext=True).select(
+            location.alias("location"), F.lit(None).cast("string").alias("doc_id"), F.col("value").alias("raw"), no_error.alias("read_error"),
+        )
+        if files is not None:
+            # Spark yields no row for an empty file: list what it skipped so it is counted.
+            listed = spark.createDataFrame([("file:" + p,) for p in paths], "location string")
+            skipped = listed.join(df.select("location"), "location", "left_anti").select(
+                "location", F.lit(None).cast("string").alias("doc_id"), F.lit(None).cast("string").alias("raw"), F.lit("empty_file").alias("read_error"),
+            )
+            df = df.unionByName(skipped)
+    elif source.kind == "jsonl":
+        fields = [StructField(source.text_field, StringType())]
+        if source.id_field and source.id_field != source.text_field:
+            fields.append(StructField(source.id_field, StringType()))
+        fields.append(StructField("_corrupt", StringType()))
+        df = (
+            spark.read.schema(StructType(fields)).option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt").json(paths)
+            .select(
+                location.alias("location"),
+                (F.col(source.id_field) if len(fields) == 3 else F.lit(None).cast("string")).alias("doc_id"),
+                F.coalesce(F.col(source.text_field), F.col("_corrupt")).alias("raw"),
+                F.when(F.col("_corrupt").isNotNull(), F.lit("malformed_json")).alias("read_error"),
+            )
+        )
+    else:  # parquet
+        df = spark.read.parquet(*paths)
+        if source.text_field not in df.columns:
+            raise DataError(f"source {source.name!r}: Parquet has no column {source.text_field!r} (columns: {df.columns}); set data.sources[].text_field")
+        id_col = F.col(source.id_field).cast("string") if source.id_field in df.columns else F.lit(None).cast("string")
+        df = df.select(location.alias("location"), id_col.alias("doc_id"), F.col(source.text_field).cast("string").alias("raw"), no_error.alias("read_error"))
+    # Raw bytes cross into Python: Spark strings may hold invalid UTF-8, which Arrow would
+    # refuse for the whole batch; decoding per document lets us quarantine just that one.
+    return df.select(F.lit(source.name).alias("source"), "location", "doc_id", F.col("raw").cast("binary").alias("raw"), "read_error")
+
+
+def process_batches(cfg: DataConfig):
+    """The mapInPandas function: normalize, check and hash each document of a batch."""
+    from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
+
+    prefixes = {s.name: _id_prefix(s) for s in cfg.sources}
+    metadata_sources = {s.name for s in cfg.sources if s.kind == "package_docs"}
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for pdf in batches:
+            rows = []
+            for source, loc, doc_id, data, read_error in zip(pdf.source, pdf.location, pdf.doc_id, pdf.raw, pdf.read_error):
+                raw, bad_encoding = decode(data)
+                if source in metadata_sources and raw is not None and loc.endswith("/METADATA"):
+                    raw = metadata_description(raw)
+                text = normalize(raw) if raw is not None else ""
+                # Undecodable bytes are the more precise reason (Spark calls such JSON lines corrupt).
+                verdict = (
+                    ("quarantine", "invalid_utf8") if bad_encoding
+                    else ("quarantine", read_error) if isinstance(read_error, str)
+                    else check(raw, text, cfg.min_chars, cfg.max_chars)
+                )
+                sha = text_hash(text)
+                local_id = doc_id if isinstance(doc_id, str) and doc_id else (
+                    loc.removeprefix(prefixes[source]) if prefixes[source] else sha[:20]
+                )
+                stage, reason = verdict or (None, None)
+                rows.append((f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason))
+            yield pd.DataFrame(rows, columns=[c.split()[0] for c in PROCESSED_SCHEMA.split(", ")])
+
+    return run
+
+
+def mixture_targets(available: dict[str, int], weights: dict[str, float]) -> dict[str, int]:
+    """Documents to take per source so shares match the weights, without repeating any.
+
+    The scarcest source (relative to its weight) takes all it has; the others are
+    down-sampled to match. (Up-sampling with an epoch cap is a later refinement.)
+    """
+    total_w = sum(weights[s] for s in available)
+    shares = {s: weights[s] / total_w for s in available}
+    scale = min(available[s] / shares[s] for s in available)
+    return {s: min(available[s], int(round(shares[s] * scale))) for s in available}
+
+
+def _publish_parquet(df, out: Path, name: str, shards: int) -> list[str]:
+    """Write ``df`` as ``out/name/part-0000N.parquet`` (deterministic names, no Spark markers)."""
+    tmp = out / f"_spark_{name}"
+    df.repartitionByRange(shards, "id").sortWithinPartitions("id").write.mode("overwrite").parquet(str(tmp))
+    final = out / name
+    final.mkdir()
+    parts = sorted(tmp.glob("part-*.parquet"))
+    names = []
+    for i, p in enumerate(parts):
+        target = final / f"part-{i:05d}.parquet"
+        p.rename(target)
+        names.append(target.name)
+    shutil.rmtree(tmp)
+    return names
+
+
+def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[str, Any]:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    spark = spark_session(cfg.spark_master, cfg.spark_driver_memory)
+    try:
+        log.info("data: reading %d sources with Spark (%s)", len(cfg.sources), cfg.spark_master)
+        frames = [read_source(spark, s) for s in cfg.sources]
+        raw = frames[0]
+        for f in frames[1:]:
+            raw = raw.unionByName(f)
+        docs = raw.mapInPandas(process_batches(cfg), PROCESSED_SCHEMA).persist()
+
+        read_counts = {r["source"]: r["count"] for r in docs.groupBy("source").count().collect()}
+        for s in cfg.sources:
+            if not read_counts.get(s.name):
+                raise DataError(f"source {s.name!r} yielded no records from {s.path or s.kind}; check the path or remove the source")
+        log.info("data: read %s documents", read_counts)
+
+        good = docs.where(F.col("stage").isNull())
+        # One text per id: a user source that reuses ids gets the extras quarantined.
+        by_id = Window.partitionBy("id").orderBy("sha")
+        good = good.withColumn("_n", F.row_number().over(by_id))
+        dup_ids = good.where("_n > 1").withColumn("stage", F.lit("quarantine")).withColumn("reason", F.lit("duplicate_id"))
+        good = good.where("_n = 1")
+        # Exact dedup on the normalized text: the smallest id of each text is kept.
+        by_sha = Window.partitionBy("sha").orderBy("id")
+        good = good.withColumn("_r", F.row_number().over(by_sha)).withColumn("_kept_id", F.first("id").over(by_sha))
+        exact = good.where("_r > 1").withColumn("stage", F.lit("dedup")).withColumn("reason", F.lit("exact_duplicate"))
+        unique = good.where("_r = 1").drop("_r", "_n", "_kept_id").persist()
+
+        available = {r["source"]: r["count"] for r in unique.groupBy("source").count().collect()}
+        for s in cfg.sources:
+            if not available.get(s.name):
+                raise DataError(f"source {s.name!r} has no document left after filtering and dedup; relax data.min_chars or check its content")
+        targets = mixture_targets(available, {s.name: s.weight for s in cfg.sources})
+        log.info("data: %s unique documents; mixture takes %s", available, targets)
+        order = Window.partitionBy("source").orderBy(F.xxhash64("id", F.lit(cfg.seed)), "id")
+        target_col = F.create_map(*[x for s, n in targets.items() for x in (F.lit(s), F.lit(n))])
+        mixed = unique.withColumn("_k", F.row_number().over(order)).where(F.col("_k") <= target_col[F.col("source")]).drop("_k")
+        is_val = F.pmod(F.xxhash64("id"), F.lit(10_000)) < F.lit(int(cfg.val_fraction * 10_000))
+
+        train_files = _publish_parquet(mixed.where(~is_val).select(*OUTPUT_COLUMNS), out, "train", cfg.shards)
+        val_files = _publish_parquet(mixed.where(is_val).select(*OUTPUT_COLUMNS), out, "validation", 1)
+        rejected = (
+            docs.where(F.col("stage").isNotNull()).withColumn("detail", F.lit(None).cast("string"))
+            .unionByName(dup_ids.drop("_n").withColumn("detail", F.lit(None).cast("string")))
+            .unionByName(exact.withColumn("detail", F.col("_kept_id")).drop("_r", "_n", "_kept_id"))
+            .select("id", "source", "location", "stage", "reason", "detail", "chars")
+        )
+        _publish_parquet(rejected, out, "rejected", 1)
+
+        split_counts = {
+            (r["source"], r["split"]): r["count"]
+            for r in spark.read.parquet(str(out / "train"), str(out / "validation"))
+            .withColumn("split", F.when(F.col("_metadata.file_path").contains("/validation/"), "validation").otherwise("train"))
+            .groupBy("source", "split").count().collect()
+        }
+        reasons = [r.asDict() for r in spark.read.parquet(str(out / "rejected")).groupBy("source", "stage", "reason").count().orderBy("source", "stage", "reason").collect()]
+    finally:
+        spark.stop()
+
+    return _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, train_files, val_files)
+
+
+def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, train_files, val_files) -> dict[str, Any]:
+    selected = sum(targets.values())
+    table = []
+    for s in cfg.sources:
+        train = split_counts.get((s.name, "train"), 0)
+        val = split_counts.get((s.name, "validation"), 0)
+        table.append({
+            "source": s.name, "kind": s.kind, "license": s.license, "weight": s.weight,
+            "read": read_counts.get(s.name, 0), "unique": available.get(s.name, 0), "selected": targets.get(s.name, 0),
+            "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0, "train": train, "validation": val,
+        })
+    by = lambda stage, reason=None: sum(r["count"] for r in reasons if r["stage"] == stage and (reason is None or r["reason"] == reason))  # noqa: E731
+    summary = {
+        "read_docs": sum(read_counts.values()),
+        "quarantined": by("quarantine"),
+        "filtered": by("filter"),
+        "exact_duplicates": by("dedup", "exact_duplicate"),
+        "unique_docs": sum(available.values()),
+        "mixed_out": sum(available.values()) - selected,
+        "train_docs": sum(v for (_, split), v in split_counts.items() if split == "train"),
+        "validation_docs": sum(v for (_, split), v in split_counts.items() if split == "validation"),
+        "sources": table,
+        "rejected_by_reason": reasons,
+        "files": {"train": train_files, "validation": val_files},
+    }
+    sink.log_metrics({k: summary[k] for k in ("read_docs", "quarantined", "filtered", "exact_duplicates", "unique_docs", "mixed_out", "train_docs", "validation_docs")})
+    for row in table:
+        sink.log_metrics({f"share/{row['source']}": row["share"], f"selected/{row['source']}": row["selected"]})
+    write_table(table, "source_shares.json", sink)
+    write_table(reasons or [{"source": None, "stage": None, "reason": None, "count": 0}], "rejected_summary.json", sink)
+    log.info("data: %d train / %d validation documents; %d quarantined, %d filtered, %d exact duplicates",
+             summary["train_docs"], summary["validation_docs"], summary["quarantined"], summary["filtered"], summary["exact_duplicates"])
+    return summary

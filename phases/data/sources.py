@@ -1,0 +1,142 @@
+"""Input sources: the built-in corpora and user files, listed and fingerprinted.
+
+The built-in corpora are made from text that exists wherever the project is installed,
+so the embedded default needs no download:
+
+- ``python_stdlib``: the standard library's ``.py`` files;
+- ``package_docs``: installed packages' metadata descriptions and Markdown files;
+- ``package_licenses``: installed packages' licence files (rich in near-duplicates).
+
+User sources name a file, directory or glob of JSONL, Parquet or plain text. Local paths
+are fingerprinted by (path, size, mtime) so that fresh data changes the phase key and a
+nightly run picks it up; remote URIs (s3a://, hdfs://) are fingerprinted by URI only.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sysconfig
+from pathlib import Path
+from typing import Iterable
+
+from phases.config import SourceConfig, canonical_json
+from phases.errors import DataError
+
+_REMOTE = ("s3a://", "s3://", "hdfs://", "gs://", "abfs://", "abfss://", "dbfs:/")
+# Files a directory source contributes; plain-text sources take every file.
+_SUFFIXES: dict[str, tuple[str, ...] | None] = {"jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "parquet": (".parquet",), "text": None}
+_LICENSE_PREFIXES = ("license", "licence", "copying", "notice")
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(_REMOTE)
+
+
+def _stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _dist_info_dirs() -> list[Path]:
+    return sorted(_site_packages().glob("*.dist-info"))
+
+
+def _doc_files() -> list[Path]:
+    sp = _site_packages()
+    metadata = [d / "METADATA" for d in _dist_info_dirs() if (d / "METADATA").is_file()]
+    markdown = sorted(p for p in sp.rglob("*.md") if p.is_file() and ".dist-info" not in str(p))
+    return metadata + markdown
+
+
+def _license_files() -> list[Path]:
+    out: list[Path] = []
+    for d in _dist_info_dirs():
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and p.name.lower().startswith(_LICENSE_PREFIXES):
+                out.append(p)
+    return out
+
+
+def _spread(files: list[Path], max_docs: int | None) -> list[Path]:
+    """Pick ``max_docs`` files spread evenly over the sorted list (deterministic, diverse)."""
+    if not max_docs or len(files) <= max_docs:
+        return files
+    step = len(files) / max_docs
+    return [files[int(i * step)] for i in range(max_docs)]
+
+
+BUILTIN = {"python_stdlib": _stdlib_files, "package_docs": _doc_files, "package_licenses": _license_files}
+
+
+def builtin_files(source: SourceConfig) -> list[Path]:
+    return _spread(BUILTIN[source.kind](), source.max_docs)
+
+
+def expand_local(source: SourceConfig) -> list[Path]:
+    """The local files a file-backed source names (a file, a directory, or a glob)."""
+    assert source.path is not None
+    raw = source.path.removeprefix("file://")
+    p = Path(raw).expanduser()
+    if any(ch in raw for ch in "*?["):
+        files = [Path(f) for f in sorted(glob.glob(str(p), recursive=True))]
+    elif p.is_dir():
+        suffixes = _SUFFIXES[source.kind]
+        files = sorted(
+            f for f in p.rglob("*")
+            if f.is_file() and not f.name.startswith((".", "_")) and (suffixes is None or f.name.endswith(suffixes))
+        )
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError(f"source {source.name!r}: path {source.path!r} does not exist; fix data.sources[].path or remove the source")
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise DataError(f"source {source.name!r}: no {source.kind} files under {source.path!r}")
+    return files
+
+
+def source_files(source: SourceConfig) -> list[Path] | None:
+    """Local files of a source, or None for a remote URI that Spark lists itself."""
+    if source.kind in BUILTIN:
+        files = builtin_files(source)
+        if not files:
+            raise DataError(f"source {source.name!r} ({source.kind}) found no files on this machine; configure another source")
+        return files
+    if is_remote(source.path or ""):
+        return None
+    return expand_local(source)
+
+
+def _stat_digest(files: Iterable[Path]) -> tuple[str, int, int]:
+    h = hashlib.sha256()
+    n = size = 0
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        n += 1
+        size += st.st_size
+    return h.hexdigest(), n, size
+
+
+def fingerprint_sources(sources: Iterable[SourceConfig]) -> tuple[str, dict]:
+    """A fingerprint of every source as it is now, and a summary (files and bytes per source)."""
+    parts: dict[str, str] = {}
+    summary: dict[str, dict] = {}
+    for s in sources:
+        files = source_files(s)
+        if files is None:
+            parts[s.name] = f"uri:{s.path}"
+            summary[s.name] = {"uri": s.path, "files": None, "bytes": None}
+        else:
+            digest, n, size = _stat_digest(files)
+            parts[s.name] = digest
+            summary[s.name] = {"files": n, "bytes": size}
+    fp = hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+    return fp, summary
