@@ -33,6 +33,7 @@ def configure(home: Path | None = None) -> Path:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "HF_DATASETS_CACHE": str(home / "cache" / "hf-datasets"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     for k, v in defaults.items():

@@ -41,7 +41,7 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
     results: dict[str, dict] = {}
     try:
-        for spec in PHASES:
+        for spec in _needed(selected):
             inputs = {n: refs[n] for n in spec.inputs}
             key = key_for(spec, cfg, inputs)
             section = cfg.section(spec.name).model_dump(mode="json")
@@ -89,12 +89,21 @@ def _log_parent_headlines(mlf, parent: str, results: dict) -> None:
         mlf.log_batch(parent, metrics=metrics)
 
 
+def _needed(selected: list[str]):
+    """The phases up to the last selected one: the rest are not needed by this run."""
+    last = max(i for i, spec in enumerate(PHASES) if spec.name in selected)
+    return PHASES[: last + 1]
+
+
 def plan(cfg, home: Path, selected: list[str]) -> list[dict]:
     """What each phase would do: run, reuse a finished output, or fail for lack of one."""
     refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
     rows = []
     unknown_upstream = False
     for spec in PHASES:
+        if spec not in _needed(selected):
+            rows.append({"phase": spec.name, "action": "skip", "key": "-"})
+            continue
         if unknown_upstream:
             rows.append({"phase": spec.name, "action": "run" if spec.name in selected else "missing", "key": "(after upstream runs)"})
             continue

@@ -67,6 +67,17 @@ def dir_digest(path: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> tuple[str,
     return total, files
 
 
+def readable_by_all(path: Path) -> None:
+    """Give every published file the umask's mode: transformers 5 writes model.safetensors
+    through a private temp file (mode 0600), which a server running as another user could
+    not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in Path(path).rglob("*"):
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
 def ref_from_dir(path: Path) -> PhaseRef:
     m = read_manifest(path)
     return PhaseRef(phase=m["phase"], key=m["key"], uri=str(Path(path).resolve()), fingerprint=m["fingerprint"], summary=m.get("summary", {}))
@@ -97,6 +108,7 @@ def materialize(
     started = time.time()
     try:
         summary = build(staging)
+        readable_by_all(staging)
         fingerprint, files = dir_digest(staging)
         manifest = {
             "phase": phase,

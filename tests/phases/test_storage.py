@@ -50,3 +50,14 @@ def test_unfinished_leftover_is_rebuilt(tmp_path):
 
     ref, reused = materialize(home=tmp_path, phase="p", version=1, section={}, inputs={}, build=lambda out: (out / "ok").write_text("1") and {})
     assert not reused and not (ref.path / "junk").exists() and (ref.path / "ok").exists()
+
+
+def test_published_files_are_readable_by_all(tmp_path):
+    def build(out):
+        f = out / "weights.safetensors"
+        f.write_text("w")
+        f.chmod(0o600)
+        return {}
+
+    ref, _ = materialize(home=tmp_path, phase="p", version=1, section={}, inputs={}, build=build)
+    assert (ref.path / "weights.safetensors").stat().st_mode & 0o044 == 0o044

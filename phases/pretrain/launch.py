@@ -1,0 +1,144 @@
+"""Phase 3, pretraining: launch DeepSpeed on the packed sequences of the model phase.
+
+:func:`build` checks the inputs, writes ``training_args.json`` (the run's whole
+specification) into the output directory, and starts the DeepSpeed launcher as a
+supervised subprocess (:func:`phases.process.run_supervised`) that runs
+:mod:`phases.pretrain.entry` on every rank. Rank 0 writes the model, tokenizer, per-step
+metrics and a summary into ``out``; :func:`build` returns that summary.
+
+The launcher always runs out of process, even for one CPU rank: the same code path as a
+multi-GPU or multi-node run, a crash or hang cannot take the orchestrator down with it, and
+a timeout or cancellation kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phases.config import PretrainConfig
+from phases.errors import DataError, LaunchError
+from phases.metrics import MetricsSink
+from phases.process import run_supervised
+from phases.pretrain.dsconfig import deepspeed_config
+from phases.refs import PhaseRef
+
+log = logging.getLogger("lifecycle.pretrain")
+
+ENTRY_MODULE = "phases.pretrain.entry"
+MODEL_FILES = ("model_config.json", "packed.json", "train.bin", "val.bin", "tokenizer/tokenizer.json")
+SUMMARY_KEYS = ("first_loss", "final_loss", "val_loss", "val_perplexity", "tokens_per_s", "steps", "tokens_seen", "world_size")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
+    """Train from scratch on ``inputs["model"]``; fill ``out`` with an HF model + tokenizer."""
+    model_dir = inputs["model"].path.resolve()
+    check_model_dir(model_dir)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    world_size = cfg.num_gpus * cfg.num_nodes
+    ds_config = deepspeed_config(cfg, world_size)  # fail on a bad config here, not in N ranks
+    args_path = out / "training_args.json"
+    args_path.write_text(json.dumps(
+        {"pretrain": cfg.model_dump(mode="json"), "deepspeed": ds_config, "model_dir": str(model_dir), "out": str(out)},
+        indent=2, sort_keys=True,
+    ))
+    sink.log_dict(ds_config, "deepspeed_config.json")
+    cmd = launcher_command(cfg, ["--args", str(args_path)], free_port())
+    run_supervised(cmd, child_env(sink), cwd=Path.cwd(), timeout_s=cfg.timeout_s, logger=log, log_path=out / "train.log")
+    summary = read_summary(out)
+    if not sink.subprocess_env():
+        # The child logged to metrics.jsonl only (it cannot reach an in-memory or file
+        # sink of this process): replay it, so every sink sees the per-step series.
+        replay_metrics(out / "metrics.jsonl", sink)
+    log.info("pretrain done: %s", ", ".join(f"{k}={summary[k]:.4g}" for k in SUMMARY_KEYS))
+    return summary
+
+
+def launcher_command(cfg: PretrainConfig, entry_args: list[str], master_port: int) -> list[str]:
+    """The ``deepspeed`` launcher command line (pure).
+
+    ``python -m deepspeed.launcher.runner`` is the ``deepspeed`` console script without
+    relying on PATH, and runs in this interpreter's environment. ``--module`` makes each
+    rank run ``python -u -m phases.pretrain.entry`` (deepspeed/launcher/launch.py), so the
+    entry is found through the installed package, not a file path.
+    """
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner",
+           "--num_gpus", str(cfg.num_gpus), "--num_nodes", str(cfg.num_nodes), "--master_port", str(master_port)]
+    if cfg.hostfile:
+        # Multi-node: the runner ssh-es (pdsh) to the hosts and exports only MLFLOW*/PYTHON*
+        # variables; put HF_HUB_OFFLINE=1 and the like into ~/.deepspeed_env on those hosts.
+        cmd += ["--hostfile", str(cfg.hostfile)]
+    return cmd + ["--module", ENTRY_MODULE, *entry_args]
+
+
+def child_env(sink: MetricsSink) -> dict[str, str]:
+    """This process's environment plus what every rank needs: offline hubs, unbuffered
+    output (lines reach the log as they happen), the import path, the sink's run."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    # The package is normally installed; the path also makes a plain checkout work.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(sink.subprocess_env())
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free right now for the rendezvous (another run on this host may hold 29500)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Fail here, in one process and with the fix named, what would otherwise fail in every
+    rank after a minute of startup (a short file, token ids beyond the embedding table)."""
+    missing = [f for f in MODEL_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise DataError(f"model phase output {model_dir} lacks {', '.join(missing)}; rerun the model phase")
+    meta = json.loads((model_dir / "packed.json").read_text())
+    row_bytes = int(meta["seq_len"]) * np.dtype(meta["dtype"]).itemsize
+    for split in ("train", "val"):
+        expected = meta.get(f"{split}_sequences")
+        size = (model_dir / f"{split}.bin").stat().st_size
+        if size == 0 or size % row_bytes or (expected is not None and size // row_bytes != expected):
+            raise DataError(
+                f"{model_dir / f'{split}.bin'} has {size} bytes, not {expected} rows of {row_bytes} bytes "
+                f"(packed.json: seq_len={meta['seq_len']}, dtype={meta['dtype']}); rerun the model phase"
+            )
+    model = json.loads((model_dir / "model_config.json").read_text())
+    if meta.get("vocab_size") and model.get("vocab_size", 0) < meta["vocab_size"]:
+        raise DataError(f"model_config.json vocab_size={model.get('vocab_size')} is below the tokenizer's "
+                        f"{meta['vocab_size']} (packed.json); the model phase must size the embeddings to the tokenizer")
+    if model.get("max_position_embeddings", meta["seq_len"]) < meta["seq_len"]:
+        raise DataError(f"model_config.json max_position_embeddings={model['max_position_embeddings']} is below "
+                        f"seq_len={meta['seq_len']} (packed.json); raise model.max_position_embeddings")
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    path = out / "summary.json"
+    if not path.is_file():
+        raise LaunchError(f"training exited 0 but wrote no {path}; see {out / 'train.log'}", returncode=0)
+    summary = json.loads(path.read_text())
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise LaunchError(f"{path} lacks {', '.join(missing)}", returncode=0)
+    return summary
+
+
+def replay_metrics(path: Path, sink: MetricsSink) -> None:
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "metrics" in rec:
+            sink.log_metrics(rec["metrics"], step=rec.get("step"))

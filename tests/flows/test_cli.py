@@ -1,0 +1,56 @@
+"""The CLI fails fast on bad input, before Prefect, Spark or torch are imported."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+LIFECYCLE = str(Path(sys.executable).with_name("lifecycle"))
+
+
+def run_cli(*args, home):
+    env = {**os.environ, "LIFECYCLE_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([LIFECYCLE, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_bad_value_fails_with_one_line_naming_the_key(tmp_path):
+    r = run_cli("run", "--set", "pretrain.lr=-1", home=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pretrain.lr=-1" in lines[0] and "greater than 0" in lines[0]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--phases", "data,trainz"], "unknown phase(s) trainz"),
+        (["--config", "nope"], "presets: "),
+        (["--set", "model.vocab_size=abc"], "model.vocab_size='abc'"),
+    ],
+)
+def test_other_bad_input(args, needle, capsys):
+    assert main(["run", *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_dry_run_plans_every_phase(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
+    assert main(["run", "--dry-run", "--set", "pretrain.max_steps=20"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 20" in out
+    rows = [line.split()[:2] for line in out.splitlines() if line.split()[:1] and line.split()[0] in ("data", "model", "pretrain", "align", "inference", "evaluate") and "key=" in line]
+    assert rows == [[p, "run"] for p in ("data", "model", "pretrain", "align", "inference", "evaluate")]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_dry_run_of_a_subset_skips_later_phases(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
+    assert main(["run", "--dry-run", "--phases", "data,model"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain   skip" in out and "data       run" in out

@@ -1,0 +1,103 @@
+"""The tiny preset end to end through the real CLI: Spark, tokenizers, DeepSpeed, TRL, lm-eval,
+Prefect (a temporary local server) and MLflow (SQLite). Then a rerun that reuses every phase,
+and a subset run that recomputes only what its override changed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LIFECYCLE = str(Path(sys.executable).with_name("lifecycle"))
+PHASES = ["data", "model", "pretrain", "align", "inference", "evaluate"]
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIFECYCLE_HOME": str(home)}
+    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    r = subprocess.run([LIFECYCLE, "run", *args], capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        print(r.stdout[-5000:], r.stderr[-5000:])
+    return r
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("lifecycle_home")
+    first = run_cli(home)
+    assert first.returncode == 0
+    assert "MLflow parent run:" in first.stdout
+    return home
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(home):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+
+
+def parents_and_children(client):
+    exp = client.get_experiment_by_name("llm-lifecycle")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=500)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id] for p in parents}
+    return parents, children
+
+
+def test_first_run_traces_six_finished_phases(home, mlflow_client):
+    parents, children = parents_and_children(mlflow_client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = children[parents[0].info.run_id]
+    assert sorted(r.data.tags["lifecycle.phase"] for r in kids) == sorted(PHASES)
+    for r in kids:
+        assert r.info.status == "FINISHED"
+        assert r.data.params, r.info.run_name
+        assert r.data.metrics, r.info.run_name
+        assert "manifest.json" in [a.path for a in mlflow_client.list_artifacts(r.info.run_id)]
+        assert r.data.tags["lifecycle.reused"] == "false"
+        assert r.data.tags["lifecycle.prefect_flow_run_id"] != "none"
+        assert r.data.tags["lifecycle.config_hash"] == parents[0].data.tags["lifecycle.config_hash"]
+        assert r.data.tags["mlflow.source.git.commit"]
+    by_phase = {r.data.tags["lifecycle.phase"]: r for r in kids}
+    # Every phase after data consumes its upstream outputs as MLflow datasets with digests.
+    digests = {d.dataset.name: d.dataset.digest for d in by_phase["evaluate"].inputs.dataset_inputs}
+    assert len(digests) == 3 and all(digests.values())
+
+
+def test_pretraining_loss_falls(home, mlflow_client):
+    parents, children = parents_and_children(mlflow_client)
+    pretrain = next(r for r in children[parents[0].info.run_id] if r.data.tags["lifecycle.phase"] == "pretrain")
+    losses = [m.value for m in sorted(mlflow_client.get_metric_history(pretrain.info.run_id, "train/loss"), key=lambda m: m.step)]
+    assert len(losses) >= 20
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_outputs_are_usable(home):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pretrain_dir = next((home / "outputs" / "pretrain").iterdir())
+    model = AutoModelForCausalLM.from_pretrained(pretrain_dir)
+    tok = AutoTokenizer.from_pretrained(pretrain_dir)
+    assert model.config.vocab_size == len(tok)
+    gens = (next((home / "outputs" / "inference").iterdir()) / "generations.jsonl").read_text().splitlines()
+    assert len(gens) == 4
+
+
+def test_rerun_reuses_every_phase_then_subset_recomputes_only_what_changed(home, mlflow_client):
+    second = run_cli(home)
+    assert second.returncode == 0
+    assert second.stdout.count(" reused ") == 6, second.stdout
+    parents, children = parents_and_children(mlflow_client)
+    assert len(parents) == 2
+    assert {r.data.tags["lifecycle.reused"] for r in children[parents[1].info.run_id]} == {"true"}
+    assert all(r.data.tags.get("lifecycle.source_run_id") for r in children[parents[1].info.run_id])
+
+    third = run_cli(home, "--phases", "inference", "--set", "inference.temperature=0.5")
+    assert third.returncode == 0
+    lines = {line.split()[0]: line.split()[1] for line in third.stdout.splitlines() if line.startswith("  ") and line.split()[:1] and line.split()[0] in PHASES}
+    assert lines == {"data": "reused", "model": "reused", "pretrain": "reused", "align": "reused", "inference": "ran"}
