@@ -20,7 +20,14 @@ def configure(home: Path | None = None) -> Path:
     home = Path(home) if home else lifecycle_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["LIFECYCLE_HOME"] = str(home)
-    defaults = {
+    for k, v in defaults(home).items():
+        os.environ.setdefault(k, v)
+    return home
+
+
+def defaults(home: Path) -> dict[str, str]:
+    """The variables configure() sets when they are not already set."""
+    return {
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "lifecycle",
@@ -32,10 +39,6 @@ def configure(home: Path | None = None) -> Path:
         "TRANSFORMERS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "DO_NOT_TRACK": "1",
-        "TOKENIZERS_PARALLELISM": "false",
         "HF_DATASETS_CACHE": str(home / "cache" / "hf-datasets"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
-    for k, v in defaults.items():
-        os.environ.setdefault(k, v)
-    return home

@@ -50,9 +50,9 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
                 # A Prefect cache record whose directory was deleted must not be trusted.
                 task = TASKS[spec.name].with_options(refresh_cache=not done)
                 state = task(spec.name, key, cfg, inputs, ctx, return_state=True)
-                ref = state.result()
-                reused = state.name == "Cached"
-                if reused:
+                ref, reused = state.result()
+                if state.name == "Cached":  # the task body did not run: record the reuse here
+                    reused = True
                     lineage.record_reused(mlf, exp_id, parent, spec.name, section, tags, inputs, ref)
             else:
                 ref = finished_output(spec, cfg, inputs, home)

@@ -34,7 +34,7 @@ class LineageContext:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> PhaseRef:
+def _run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> tuple[PhaseRef, bool]:
     logger = get_run_logger()
     mlf = lineage.client(Path(ctx.home))
     section = cfg.section(phase).model_dump(mode="json")
@@ -48,7 +48,7 @@ def _run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef]
             raise RuntimeError(f"{phase}: output key {ref.key} differs from the planned key {key}")
         lineage.finish_child(mlf, run_id, ref, reused)
         logger.info("%s: %s %s", phase, "reused" if reused else "published", ref.uri)
-        return ref
+        return ref, reused
     except BaseException as e:
         lineage.fail_run(mlf, run_id, e)
         raise
@@ -63,7 +63,7 @@ def _phase_task(phase: str, name: str, retries: int = 2):
         retry_delay_seconds=5,
         retry_condition_fn=_retry_transient,
     )
-    def run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> PhaseRef:
+    def run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> tuple[PhaseRef, bool]:
         return _run(phase, key, cfg, inputs, ctx)
 
     run.__doc__ = f"Run (or reuse) the {phase} phase."

@@ -16,9 +16,10 @@ PHASES = ["data", "model", "pretrain", "align", "inference", "evaluate"]
 
 
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIFECYCLE_HOME": str(home)}
-    for var in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "MLFLOW_RUN_ID"):
-        env.pop(var, None)
+    from flows.env import defaults
+
+    env = {k: v for k, v in os.environ.items() if k not in defaults(home) and k not in ("PREFECT_API_URL", "MLFLOW_RUN_ID")}
+    env["LIFECYCLE_HOME"] = str(home)
     r = subprocess.run([LIFECYCLE, "run", *args], capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode != 0:
         print(r.stdout[-5000:], r.stderr[-5000:])

@@ -44,8 +44,13 @@ def _site_packages() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
+# This project's own metadata carries the README as its description: leaving it out keeps
+# the default corpus (and so every downstream output) independent of our own docs.
+_OWN_DIST = "llm_lifecycle-"
+
+
 def _dist_info_dirs() -> list[Path]:
-    return sorted(_site_packages().glob("*.dist-info"))
+    return sorted(d for d in _site_packages().glob("*.dist-info") if not d.name.startswith(_OWN_DIST))
 
 
 def _doc_files() -> list[Path]:
