@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASE_NAMES)}; the others' finished outputs are reused")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    pl = sub.add_parser("plan", help="size a model and a training run for a compute budget")
+    budget = pl.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-flops", type=float, help="training compute in FLOPs, e.g. 1e20")
+    budget.add_argument("--gpu-hours", type=float, help="GPU-hours of --gpu at --mfu")
+    pl.add_argument("--gpu", default="H100", help="target GPU (cpu, A100, H100, H200, L4, A10G, V100)")
+    pl.add_argument("--num-gpus", type=int, default=1)
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (default 0.4)")
+    pl.add_argument("--tokens-available", type=float, help="tokens in your training data (for epochs)")
+    pl.add_argument("--vocab-size", type=int, default=32000)
+    pl.add_argument("--seq-len", type=int, default=2048)
+    pl.add_argument("--loss-law", help="JSON of a fitted L(N,D) = E + A/N^alpha + B/D^beta (default: Chinchilla's D = 20 N)")
+    pl.add_argument("--json", action="store_true", help="print the plan and DeepSpeed config as JSON")
     return p
 
 
@@ -64,9 +77,35 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _plan(args) -> int:
+    from phases.model.sizing import deepspeed_for, plan
+
+    law = json.loads(Path(args.loss_law).read_text()) if args.loss_law else None
+    p = plan(
+        vocab=args.vocab_size, seq_len=args.seq_len, budget_flops=args.budget_flops, gpu_hours=args.gpu_hours, gpu=args.gpu,
+        num_gpus=args.num_gpus, mfu=args.mfu, tokens_available=int(args.tokens_available) if args.tokens_available else None, loss_law=law,
+    )
+    ds = deepspeed_for(p)
+    if args.json:
+        print(json.dumps({"plan": p.to_dict(), "deepspeed": ds}, indent=2))
+        return 0
+    d = p.to_dict()
+    print(f"Compute C = {p.budget_flops:.3g} FLOPs ({p.method})")
+    print(f"Model     N = {p.parameters:,} parameters (target {p.target_parameters:,}): hidden {p.hidden_size}, "
+          f"{p.num_layers} layers, {p.num_heads} heads, MLP {p.intermediate_size}")
+    print(f"Data      D = {p.tokens:,} tokens" + (f" = {p.epochs} epochs of {p.tokens_available:,} available" if p.epochs is not None else ""))
+    print(f"Hardware  {p.num_gpus} x {p.gpu} at MFU {p.mfu}: " + (f"{d['wall_time_hours']} h" if p.wall_time_hours is not None else "wall time unknown"))
+    print(f"Run       {p.precision}, ZeRO-{p.zero_stage}, micro-batch {p.micro_batch_size} x accum {p.grad_accum} "
+          f"= {p.global_batch_sequences} sequences of {args.seq_len}, {p.max_steps:,} steps")
+    print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "plan":
+            return _plan(args)
         cfg = load_config(args.config, args.overrides)
         selected = _phases(args.phases)
         if args.dry_run:

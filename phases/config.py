@@ -71,24 +71,47 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """Phase 2: tokenizer, packed sequences and the architecture."""
+    """Phase 2: tokenizer, packed sequences and the architecture (explicit, a named size, or from a budget)."""
 
     vocab_size: int = Field(4096, ge=300, le=65535 * 4, description="BPE vocabulary size (>= 256 bytes + special tokens).")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
     tokenizer_max_bytes: int = Field(20_000_000, gt=0, description="Train the tokenizer on at most this many bytes of text.")
+    tokenizer_path: str | None = Field(None, description="Use this saved Hugging Face tokenizer instead of training one.")
+    special_tokens: tuple[str, ...] = Field((), description="Extra special tokens beyond <|pad|>, <|bos|>, <|eos|>.")
     seq_len: int = Field(128, ge=8, description="Packed sequence length in tokens.")
     hidden_size: int = Field(128, ge=8, description="Transformer width.")
     num_layers: int = Field(2, ge=1, description="Number of decoder layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads (hidden_size must divide by it).")
     intermediate_size: int = Field(352, ge=8, description="MLP width.")
     max_position_embeddings: int = Field(512, ge=8, description="Longest sequence the model supports (>= seq_len).")
+    size: str | None = Field(None, description="A named size preset (tiny, mini, 20M, 60M, 124M, 350M, ...) replacing the shape fields.")
+    budget_flops: float | None = Field(None, gt=0, description="Size the model for this training compute (Chinchilla or loss_law).")
+    gpu_hours: float | None = Field(None, gt=0, description="Budget as GPU-hours of `gpu` at `mfu` (instead of budget_flops).")
+    gpu: str = Field("H100", description="Target GPU for the plan: cpu, A100, H100, H200, L4, A10G, V100.")
+    num_gpus: int = Field(1, ge=1, description="GPUs the plan assumes.")
+    mfu: float = Field(0.4, gt=0, le=1, description="Model FLOPs utilisation the plan assumes.")
+    loss_law: str | None = Field(None, description="JSON with a fitted L(N, D) = E + A/N^alpha + B/D^beta (keys E, A, B, alpha, beta).")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
+        needed = 256 + 3 + len(self.special_tokens)
+        if self.vocab_size < needed:
+            raise ValueError(f"vocab_size ({self.vocab_size}) cannot hold 256 bytes + {3 + len(self.special_tokens)} special tokens; use >= {needed}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.seq_len > self.max_position_embeddings:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds max_position_embeddings ({self.max_position_embeddings})")
+        chosen = [k for k in ("size", "budget_flops", "gpu_hours") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"set only one of size, budget_flops, gpu_hours (got {', '.join(chosen)})")
+        from phases.model import sizing
+
+        if self.size is not None and self.size not in sizing.SIZE_PRESETS:
+            raise ValueError(f"size {self.size!r} is not a preset; choose from {', '.join(sizing.SIZE_PRESETS)}")
+        sizing.hardware(self.gpu)  # an unknown GPU fails here, naming the known ones
+        budget = self.budget_flops or (sizing.budget_from_gpu_hours(self.gpu_hours, self.gpu, self.mfu) if self.gpu_hours else None)
+        if budget is not None:
+            sizing.check_budget(budget, self.vocab_size)
         return self
 
 
@@ -112,6 +135,17 @@ class PretrainConfig(Section):
     eval_batches: int = Field(8, ge=1, description="Validation batches per evaluation.")
     seed: int = Field(0, description="Seed of initialization and data order.")
     timeout_s: int = Field(3600, ge=10, description="Kill the training job after this many seconds.")
+    checkpoint_every: int = Field(50, ge=1, description="Save a resumable DeepSpeed checkpoint every N steps (and always at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted after a newer one is complete.")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: continue from the latest complete checkpoint of the same run; never: delete it and start fresh.")
+    continue_on_new_data: bool = Field(
+        False, description="When the training data changed since the checkpoint, warm-start from its weights and optimizer "
+                           "(step, lr schedule and data position reset) instead of refusing to resume.")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% more compute).")
+    compile: bool = Field(False, description="torch.compile the model through DeepSpeed's engine.compile() (needs a C++ compiler on CPU).")
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s of one device for MFU; None looks the GPU up in a table (no MFU on CPU).")
 
     @model_validator(mode="after")
     def _check(self) -> "PretrainConfig":

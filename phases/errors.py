@@ -7,7 +7,7 @@ class LifecycleError(Exception):
     """Base class: an error whose message is meant for the user, on one line."""
 
 
-class ConfigError(LifecycleError):
+class ConfigError(LifecycleError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 

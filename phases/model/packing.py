@@ -28,6 +28,22 @@ class PackStats:
     dropped_tail_tokens: int = 0
     words: int = 0
     bytes: int = 0
+    by_source: dict = None  # source -> {"documents", "tokens", "words", "bytes"}
+
+    def __post_init__(self):
+        self.by_source = self.by_source or {}
+
+    def add(self, source: str, tokens: int, words: int, nbytes: int) -> None:
+        self.documents += 1
+        self.doc_tokens += tokens
+        self.separators += 1
+        self.words += words
+        self.bytes += nbytes
+        s = self.by_source.setdefault(source, {"documents": 0, "tokens": 0, "words": 0, "bytes": 0})
+        s["documents"] += 1
+        s["tokens"] += tokens
+        s["words"] += words
+        s["bytes"] += nbytes
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -53,11 +69,7 @@ def pack_split(split_dir: Path, tokenizer, seq_len: int, out_bin: Path, out_docs
                     ids_col.append(doc_id); src_col.append(source); start_col.append(position); len_col.append(len(ids) + 1)
                     pieces.append(np.asarray(ids + [eos], dtype=dtype))
                     position += len(ids) + 1
-                    stats.documents += 1
-                    stats.doc_tokens += len(ids)
-                    stats.separators += 1
-                    stats.words += len(text.split())
-                    stats.bytes += len(text.encode("utf-8"))
+                    stats.add(source, len(ids), len(text.split()), len(text.encode("utf-8")))
                 stream = np.concatenate([carry, *pieces])
                 full = len(stream) // seq_len * seq_len
                 stream[:full].tofile(fh)

@@ -8,25 +8,45 @@ from pathlib import Path
 from typing import Any
 
 from phases.config import ModelConfig
-from phases.errors import ConfigError, DataError
-from phases.metrics import MetricsSink
+from phases.errors import DataError
+from phases.metrics import MetricsSink, write_table
 from phases.model.packing import pack_split, token_dtype
-from phases.model.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from phases.model.sizing import SIZE_PRESETS, llama_parameters, plan
+from phases.model.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger("lifecycle.model")
 
 
-def llama_config(cfg: ModelConfig, tokenizer) -> dict[str, Any]:
-    """A from-scratch Llama-style decoder config sized by the model section."""
+def resolve_shape(cfg: ModelConfig, vocab: int, tokens_available: int) -> tuple[tuple[int, int, int, int], dict[str, Any]]:
+    """(hidden, layers, heads, intermediate) and the plan behind them: explicit, a named size, or a budget."""
+    if cfg.budget_flops is not None or cfg.gpu_hours is not None:
+        law = json.loads(Path(cfg.loss_law).read_text()) if cfg.loss_law else None
+        p = plan(vocab=vocab, seq_len=cfg.seq_len, budget_flops=cfg.budget_flops, gpu_hours=cfg.gpu_hours, gpu=cfg.gpu,
+                 num_gpus=cfg.num_gpus, mfu=cfg.mfu, tokens_available=tokens_available, loss_law=law)
+        return (p.hidden_size, p.num_layers, p.num_heads, p.intermediate_size), p.to_dict()
+    shape = SIZE_PRESETS[cfg.size] if cfg.size else (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+    n = llama_parameters(vocab, shape[0], shape[1], shape[3])
+    # Without a budget, report what the data implies for this shape (one epoch, and Chinchilla's 20 N).
+    report = {
+        "method": f"size:{cfg.size}" if cfg.size else "explicit", "parameters": n, "tokens_available": tokens_available,
+        "compute_one_epoch_flops": 6.0 * n * tokens_available, "chinchilla_tokens": 20 * n,
+        "chinchilla_epochs": round(20 * n / max(tokens_available, 1), 3),
+    }
+    return shape, report
+
+
+def llama_config(shape: tuple[int, int, int, int], cfg: ModelConfig, tokenizer) -> dict[str, Any]:
+    """A from-scratch Llama-style decoder config of the given shape."""
     from transformers import LlamaConfig
 
+    hidden, layers, heads, intermediate = shape
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -48,12 +68,13 @@ def count_parameters(config: dict[str, Any]) -> int:
 def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[str, Any]:
     data = inputs["data"].path
     train_dir, val_dir = data / "train", data / "validation"
-    if not any(train_dir.glob("*.parquet")):
+    if _rows(train_dir) == 0:
         raise DataError(f"the data phase's train split at {train_dir} is empty; rerun the data phase with more sources")
-    if cfg.vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ConfigError(f"model.vocab_size={cfg.vocab_size} cannot hold 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
 
-    tokenizer = train_tokenizer(train_dir, cfg.vocab_size, cfg.min_frequency, cfg.tokenizer_max_bytes)
+    if cfg.tokenizer_path:
+        tokenizer = load_tokenizer(cfg.tokenizer_path)
+    else:
+        tokenizer = train_tokenizer(train_dir, cfg.vocab_size, cfg.min_frequency, cfg.tokenizer_max_bytes, cfg.special_tokens)
     tokenizer.model_max_length = cfg.max_position_embeddings
     tokenizer.save_pretrained(out / "tokenizer")
 
@@ -64,7 +85,9 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
             raise DataError(f"the {name} split holds {stats.doc_tokens} tokens, fewer than one sequence of model.seq_len={cfg.seq_len}; lower seq_len or add data")
         split_stats[name] = stats
 
-    config = llama_config(cfg, tokenizer)
+    tr = split_stats["train"]
+    shape, sizing = resolve_shape(cfg, len(tokenizer), tr.doc_tokens + tr.separators)
+    config = llama_config(shape, cfg, tokenizer)
     (out / "model_config.json").write_text(json.dumps(config, indent=2, default=str))
     packed = {
         "dtype": token_dtype(len(tokenizer)).name,
@@ -78,7 +101,10 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
     }
     (out / "packed.json").write_text(json.dumps(packed, indent=2))
 
-    tr = split_stats["train"]
+    per_source = [
+        {"source": src, **v, "fertility": round(v["tokens"] / max(v["words"], 1), 4), "bytes_per_token": round(v["bytes"] / max(v["tokens"], 1), 4)}
+        for src, v in sorted(tr.by_source.items())
+    ]
     summary = {
         "vocab_size": len(tokenizer),
         "train_tokens": tr.doc_tokens + tr.separators,
@@ -89,8 +115,26 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
         "fertility": round(tr.doc_tokens / max(tr.words, 1), 4),
         "bytes_per_token": round(tr.bytes / max(tr.doc_tokens, 1), 4),
         "parameters": count_parameters(config),
+        "hidden_size": shape[0],
+        "num_layers": shape[1],
+        "tokenizer_source": cfg.tokenizer_path or "trained",
+        "per_source": per_source,
+        "plan": sizing,
     }
-    sink.log_metrics({k: v for k, v in summary.items()})
+    (out / "plan.json").write_text(json.dumps(sizing, indent=2))
+    sink.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    for row in per_source:
+        sink.log_metrics({f"fertility/{row['source']}": row["fertility"], f"bytes_per_token/{row['source']}": row["bytes_per_token"], f"tokens/{row['source']}": row["tokens"]})
     sink.log_dict(packed, "packed.json")
+    write_table([{"key": k, "value": v} for k, v in sizing.items()], "plan_table.json", sink)
+    write_table(per_source, "tokenizer_stats.json", sink)
+    sink.log_artifact(out / "tokenizer", "tokenizer")
     log.info("model: %d train sequences of %d tokens, %d parameters", tr.sequences, cfg.seq_len, summary["parameters"])
     return summary
+
+
+def _rows(split_dir: Path) -> int:
+    """Rows in a split, from the Parquet footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(split_dir).glob("*.parquet"))

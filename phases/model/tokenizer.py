@@ -39,7 +39,7 @@ def iter_texts(split_dir: Path, max_bytes: int | None = None, batch_rows: int = 
                 return
 
 
-def train_tokenizer(split_dir: Path, vocab_size: int, min_frequency: int, max_bytes: int):
+def train_tokenizer(split_dir: Path, vocab_size: int, min_frequency: int, max_bytes: int, extra_special: tuple[str, ...] = ()):
     """Train a byte-level BPE; returns a transformers fast tokenizer with bos/eos/pad and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -51,12 +51,32 @@ def train_tokenizer(split_dir: Path, vocab_size: int, min_frequency: int, max_by
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(SPECIAL_TOKENS) + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((t for batch in iter_texts(split_dir, max_bytes) for t in batch), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, additional_special_tokens=list(extra_special)
+    )
     fast.chat_template = CHAT_TEMPLATE
     log.info("model: trained a byte-level BPE of %d tokens", len(fast))
     return fast
+
+
+def load_tokenizer(path: str):
+    """A saved tokenizer given by the user; it must define EOS (packing separates documents with it)."""
+    from transformers import AutoTokenizer
+
+    from phases.errors import ConfigError
+
+    if not Path(path).exists():
+        raise ConfigError(f"model.tokenizer_path={path!r} does not exist; give a directory saved with save_pretrained()")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.eos_token_id is None:
+        raise ConfigError(f"model.tokenizer_path={path!r}: the tokenizer has no eos_token; set one before using it")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHAT_TEMPLATE
+    return tok

@@ -89,3 +89,27 @@ def test_too_long_sequence_for_the_data(data_dir, tmp_path):
     cfg = ModelConfig(vocab_size=400, seq_len=4096, max_position_embeddings=4096, hidden_size=32, num_heads=2, num_layers=1, intermediate_size=64)
     with pytest.raises(DataError, match="fewer than one sequence"):
         build(cfg, {"data": PhaseRef("data", "k", str(data_dir), "fp")}, tmp_path, ListSink())
+
+
+def test_a_budget_sizes_the_architecture(data_dir, tmp_path):
+    from phases.model.sizing import plan
+
+    budget = 5e13
+    cfg = ModelConfig(vocab_size=400, seq_len=32, max_position_embeddings=64, budget_flops=budget, gpu="H100")
+    summary = build(cfg, {"data": PhaseRef("data", "k", str(data_dir), "fp")}, tmp_path, ListSink())
+    expected = plan(vocab=summary["vocab_size"], seq_len=32, budget_flops=budget, gpu="H100")
+    config = json.loads((tmp_path / "model_config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (expected.hidden_size, expected.num_layers)
+    assert summary["parameters"] == expected.parameters
+    assert summary["plan"]["tokens_available"] == summary["train_tokens"]
+    assert json.loads((tmp_path / "plan.json").read_text())["epochs"] == pytest.approx(expected.tokens / summary["train_tokens"], rel=1e-3)
+
+
+def test_per_source_stats_and_an_existing_tokenizer(built, data_dir, tmp_path):
+    cfg, out, summary = built
+    assert {r["source"] for r in summary["per_source"]} == set(SOURCES)
+    # Per-source tokens plus one EOS separator per document add up to the packed stream.
+    assert sum(r["tokens"] + r["documents"] for r in summary["per_source"]) == summary["train_tokens"]
+    reuse = ModelConfig(tokenizer_path=str(out / "tokenizer"), seq_len=32, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+    build(reuse, {"data": PhaseRef("data", "k", str(data_dir), "fp")}, tmp_path, ListSink())
+    assert (tmp_path / "train.bin").read_bytes() == (out / "train.bin").read_bytes()
