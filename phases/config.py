@@ -40,12 +40,31 @@ class SourceConfig(Section):
     weight: float = Field(1.0, gt=0, description="Mixture weight: the source's target share of documents is weight / sum(weights).")
     max_docs: int | None = Field(None, gt=0, description="Read at most this many documents (deterministic: by path order).")
     license: str = Field("unknown", description="Licence or notes tag carried into the manifest.")
+    quality_filters: bool = Field(True, description="Apply the Gopher-style prose heuristics (turn off for code and licence texts).")
 
     @model_validator(mode="after")
     def _path_for_files(self) -> "SourceConfig":
         if self.kind in ("jsonl", "parquet", "text") and not self.path:
             raise ValueError(f"source {self.name!r} of kind {self.kind} needs a path")
         return self
+
+
+class QualityConfig(Section):
+    """Gopher-style heuristics (Rae et al. 2021); a document failing any one is filtered with its name."""
+
+    min_words: int = Field(50, ge=0, description="Fewest words.")
+    max_words: int = Field(100_000, gt=0, description="Most words.")
+    min_mean_word_length: float = Field(3.0, ge=0, description="Shortest mean word length.")
+    max_mean_word_length: float = Field(10.0, gt=0, description="Longest mean word length.")
+    max_symbol_word_ratio: float = Field(0.1, ge=0, description="Most '#' and ellipses per word.")
+    max_bullet_lines: float = Field(0.9, ge=0, le=1, description="Largest share of lines starting with a bullet.")
+    max_ellipsis_lines: float = Field(0.3, ge=0, le=1, description="Largest share of lines ending with an ellipsis.")
+    max_duplicate_line_fraction: float = Field(0.3, ge=0, le=1, description="Largest share of characters in repeated lines.")
+    max_top_2gram: float = Field(0.20, ge=0, le=1, description="Largest character share of the most frequent word 2-gram.")
+    max_top_3gram: float = Field(0.18, ge=0, le=1, description="... 3-gram.")
+    max_top_4gram: float = Field(0.16, ge=0, le=1, description="... 4-gram.")
+    max_dup_5gram: float = Field(0.15, ge=0, le=1, description="Largest character share in repeated word 5-grams.")
+    max_dup_10gram: float = Field(0.10, ge=0, le=1, description="Largest character share in repeated word 10-grams.")
 
 
 class DataConfig(Section):
@@ -56,6 +75,10 @@ class DataConfig(Section):
     spark_driver_memory: str = Field("2g", description="spark.driver.memory for the embedded session.")
     min_chars: int = Field(50, ge=0, description="Documents shorter than this (after normalization) are dropped as too_short.")
     max_chars: int = Field(200_000, gt=0, description="Documents longer than this are quarantined as too_long.")
+    quality: QualityConfig = Field(QualityConfig(), description="Thresholds of the quality heuristics.")
+    redact_pii: bool = Field(True, description="Replace e-mails, public IPs, phone numbers and secrets with placeholders.")
+    mix_by: Literal["documents", "chars"] = Field("documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists).")
+    max_epochs: float = Field(1.0, ge=1, description="Most times a scarce source may be repeated to reach its share (1 = down-sample the others instead).")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents in the validation split (by id hash).")
     shards: int = Field(2, ge=1, le=4096, description="Parquet files per split.")
     seed: int = Field(0, description="Seed of the mixing sample.")

@@ -21,8 +21,10 @@ from phases.metrics import MetricsSink, write_table
 
 log = logging.getLogger("lifecycle.data")
 
+PII_KINDS = ("email", "ip", "phone", "secret")
 PROCESSED_SCHEMA = (
-    "id string, source string, location string, text string, sha string, chars long, stage string, reason string"
+    "id string, source string, location string, text string, sha string, chars long, stage string, reason string, "
+    + ", ".join(f"pii_{k} long" for k in PII_KINDS)
 )
 OUTPUT_COLUMNS = ("id", "source", "text")
 
@@ -115,9 +117,13 @@ def read_source(spark, source: SourceConfig):
 def process_batches(cfg: DataConfig):
     """The mapInPandas function: normalize, check and hash each document of a batch."""
     from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
+    from phases.data.pii import redact
+    from phases.data.quality import quality_reason
 
     prefixes = {s.name: _id_prefix(s) for s in cfg.sources}
     metadata_sources = {s.name for s in cfg.sources if s.kind == "package_docs"}
+    filtered_sources = {s.name for s in cfg.sources if s.quality_filters}
+    no_pii = {k: 0 for k in PII_KINDS}
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         import pandas as pd
@@ -135,27 +141,61 @@ def process_batches(cfg: DataConfig):
                     else ("quarantine", read_error) if isinstance(read_error, str)
                     else check(raw, text, cfg.min_chars, cfg.max_chars)
                 )
+                if verdict is None and source in filtered_sources:
+                    reason = quality_reason(text, cfg.quality)
+                    verdict = ("filter", reason) if reason else None
+                # Exact duplicates are judged on the text before redaction (two documents that
+                # differ only in an e-mail address are different documents).
                 sha = text_hash(text)
+                pii = no_pii
+                if verdict is None and cfg.redact_pii:
+                    text, pii = redact(text)
                 local_id = doc_id if isinstance(doc_id, str) and doc_id else (
                     loc.removeprefix(prefixes[source]) if prefixes[source] else sha[:20]
                 )
                 stage, reason = verdict or (None, None)
-                rows.append((f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason))
+                rows.append((f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason, *(pii[k] for k in PII_KINDS)))
             yield pd.DataFrame(rows, columns=[c.split()[0] for c in PROCESSED_SCHEMA.split(", ")])
 
     return run
 
 
-def mixture_targets(available: dict[str, int], weights: dict[str, float]) -> dict[str, int]:
-    """Documents to take per source so shares match the weights, without repeating any.
+def mixture_targets(available: dict[str, int], weights: dict[str, float], max_epochs: float = 1.0) -> dict[str, int]:
+    """Amount (documents or bytes) to take per source so that shares match the weights exactly.
 
-    The scarcest source (relative to its weight) takes all it has; the others are
-    down-sampled to match. (Up-sampling with an epoch cap is a later refinement.)
+    The total is the largest for which no source is repeated more than ``max_epochs`` times,
+    and never more than the sources hold together: with ``max_epochs=1`` abundant sources
+    are down-sampled to the scarcest one's share; above 1 the scarce ones are up-sampled
+    (repeated) instead, so less of the abundant ones is thrown away.
     """
     total_w = sum(weights[s] for s in available)
     shares = {s: weights[s] / total_w for s in available}
-    scale = min(available[s] / shares[s] for s in available)
-    return {s: min(available[s], int(round(shares[s] * scale))) for s in available}
+    total = min(min(max_epochs * available[s] / shares[s] for s in available), sum(available.values()))
+    return {s: int(round(shares[s] * total)) for s in available}
+
+
+def mix(unique, cfg: DataConfig):
+    """Sample each source to its target, repeating scarce ones (ids of copies end in ``#k``)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    unit = F.lit(1) if cfg.mix_by == "documents" else F.col("chars")
+    available = {r["source"]: int(r["n"]) for r in unique.groupBy("source").agg(F.sum(unit).alias("n")).collect()}
+    for s in cfg.sources:
+        if not available.get(s.name):
+            raise DataError(f"source {s.name!r} has no document left after filtering and dedup; relax the filters or check its content")
+    targets = mixture_targets(available, {s.name: s.weight for s in cfg.sources}, cfg.max_epochs)
+    reps = F.create_map(*[x for s, n in targets.items() for x in (F.lit(s), F.lit(max(1, -(-n // available[s]))))])
+    target = F.create_map(*[x for s, n in targets.items() for x in (F.lit(s), F.lit(n))])
+    copies = unique.withColumn("_copy", F.explode(F.sequence(F.lit(0), reps[F.col("source")] - 1)))
+    # Whole passes first (copy 0 of every document before any copy 1), a seeded order within a pass.
+    order = Window.partitionBy("source").orderBy("_copy", F.xxhash64("id", F.lit(cfg.seed)), "id").rowsBetween(Window.unboundedPreceding, 0)
+    copies = copies.withColumn("_before", F.sum(unit).over(order) - unit)
+    mixed = copies.where(F.col("_before") < target[F.col("source")])
+    mixed = mixed.withColumn("base_id", F.col("id")).withColumn(
+        "id", F.when(F.col("_copy") == 0, F.col("id")).otherwise(F.concat("id", F.lit("#"), F.col("_copy").cast("string")))
+    ).drop("_before")
+    return mixed, available, targets
 
 
 def _publish_parquet(df, out: Path, name: str, shards: int) -> list[str]:
@@ -205,16 +245,10 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         exact = good.where("_r > 1").withColumn("stage", F.lit("dedup")).withColumn("reason", F.lit("exact_duplicate"))
         unique = good.where("_r = 1").drop("_r", "_n", "_kept_id").persist()
 
-        available = {r["source"]: r["count"] for r in unique.groupBy("source").count().collect()}
-        for s in cfg.sources:
-            if not available.get(s.name):
-                raise DataError(f"source {s.name!r} has no document left after filtering and dedup; relax data.min_chars or check its content")
-        targets = mixture_targets(available, {s.name: s.weight for s in cfg.sources})
-        log.info("data: %s unique documents; mixture takes %s", available, targets)
-        order = Window.partitionBy("source").orderBy(F.xxhash64("id", F.lit(cfg.seed)), "id")
-        target_col = F.create_map(*[x for s, n in targets.items() for x in (F.lit(s), F.lit(n))])
-        mixed = unique.withColumn("_k", F.row_number().over(order)).where(F.col("_k") <= target_col[F.col("source")]).drop("_k")
-        is_val = F.pmod(F.xxhash64("id"), F.lit(10_000)) < F.lit(int(cfg.val_fraction * 10_000))
+        mixed, available, targets = mix(unique, cfg)
+        log.info("data: unique %s %s; mixture takes %s", cfg.mix_by, available, targets)
+        # Split on the original id, so repeated copies stay on the side of their original.
+        is_val = F.pmod(F.xxhash64("base_id"), F.lit(10_000)) < F.lit(int(cfg.val_fraction * 10_000))
 
         train_files = _publish_parquet(mixed.where(~is_val).select(*OUTPUT_COLUMNS), out, "train", cfg.shards)
         val_files = _publish_parquet(mixed.where(is_val).select(*OUTPUT_COLUMNS), out, "validation", 1)
@@ -233,40 +267,47 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
             .groupBy("source", "split").count().collect()
         }
         reasons = [r.asDict() for r in spark.read.parquet(str(out / "rejected")).groupBy("source", "stage", "reason").count().orderBy("source", "stage", "reason").collect()]
+        pii = {r["source"]: {k: int(r[k] or 0) for k in PII_KINDS} for r in unique.groupBy("source").agg(*[F.sum(f"pii_{k}").alias(k) for k in PII_KINDS]).collect()}
+        copies = {r["source"]: r["count"] for r in mixed.where("_copy > 0").groupBy("source").count().collect()}
     finally:
         spark.stop()
 
-    return _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, train_files, val_files)
+    return _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
 
 
-def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, train_files, val_files) -> dict[str, Any]:
+def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files) -> dict[str, Any]:
     selected = sum(targets.values())
     table = []
     for s in cfg.sources:
         train = split_counts.get((s.name, "train"), 0)
         val = split_counts.get((s.name, "validation"), 0)
         table.append({
-            "source": s.name, "kind": s.kind, "license": s.license, "weight": s.weight,
-            "read": read_counts.get(s.name, 0), "unique": available.get(s.name, 0), "selected": targets.get(s.name, 0),
-            "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0, "train": train, "validation": val,
+            "source": s.name, "kind": s.kind, "license": s.license, "weight": s.weight, "unit": cfg.mix_by,
+            "read": read_counts.get(s.name, 0), "available": available.get(s.name, 0), "selected": targets.get(s.name, 0),
+            "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0,
+            "epochs": round(targets.get(s.name, 0) / available[s.name], 4) if available.get(s.name) else 0.0,
+            "repeated_docs": copies.get(s.name, 0), "train": train, "validation": val,
+            **{f"pii_{k}": pii.get(s.name, {}).get(k, 0) for k in PII_KINDS},
         })
+    by_source_unique = {s: read_counts[s] - sum(r["count"] for r in reasons if r["source"] == s) for s in read_counts}
     by = lambda stage, reason=None: sum(r["count"] for r in reasons if r["stage"] == stage and (reason is None or r["reason"] == reason))  # noqa: E731
     summary = {
         "read_docs": sum(read_counts.values()),
         "quarantined": by("quarantine"),
         "filtered": by("filter"),
         "exact_duplicates": by("dedup", "exact_duplicate"),
-        "unique_docs": sum(available.values()),
-        "mixed_out": sum(available.values()) - selected,
+        "unique_docs": sum(by_source_unique.values()),
+        "pii_redacted": sum(v for p in pii.values() for v in p.values()),
         "train_docs": sum(v for (_, split), v in split_counts.items() if split == "train"),
         "validation_docs": sum(v for (_, split), v in split_counts.items() if split == "validation"),
         "sources": table,
         "rejected_by_reason": reasons,
         "files": {"train": train_files, "validation": val_files},
     }
-    sink.log_metrics({k: summary[k] for k in ("read_docs", "quarantined", "filtered", "exact_duplicates", "unique_docs", "mixed_out", "train_docs", "validation_docs")})
+    sink.log_metrics({k: summary[k] for k in ("read_docs", "quarantined", "filtered", "exact_duplicates", "unique_docs", "pii_redacted", "train_docs", "validation_docs")})
     for row in table:
-        sink.log_metrics({f"share/{row['source']}": row["share"], f"selected/{row['source']}": row["selected"]})
+        sink.log_metrics({f"share/{row['source']}": row["share"], f"epochs/{row['source']}": row["epochs"],
+                          **{f"pii_{k}/{row['source']}": row[f"pii_{k}"] for k in PII_KINDS}})
     write_table(table, "source_shares.json", sink)
     write_table(reasons or [{"source": None, "stage": None, "reason": None, "count": 0}], "rejected_summary.json", sink)
     log.info("data: %d train / %d validation documents; %d quarantined, %d filtered, %d exact duplicates",

@@ -19,7 +19,8 @@ LONG = " is a sentence long enough to pass the minimum length filter of the test
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     web = root / "web.jsonl"
-    lines = [json.dumps({"id": f"w{i}", "text": f"web document {i}{LONG}"}) for i in range(4)]
+    lines = [json.dumps({"id": f"w{i}", "text": f"web document {i}{LONG}"}) for i in range(3)]
+    lines.append(json.dumps({"id": "w3", "text": f"web document 3 by jane.doe@example.org{LONG}"}))
     lines += [
         '{"id": "broken", "text": "no closing quote}',            # malformed JSON
         json.dumps({"id": "notext", "title": "x"}),                 # no text field
@@ -33,12 +34,22 @@ def corpus(tmp_path_factory):
     (notes / "b.txt").write_text(f"note b{LONG}")
     (notes / "empty.txt").write_text("")
     (notes / "blob.txt").write_bytes(b"\x00\x01\x02binary" * 20)
+    prose = root / "prose"
+    prose.mkdir()
+    (prose / "good.txt").write_text(
+        "The farmer walks to the mill and talks with the miller about the harvest. Later the family shares stories "
+        "about weather, neighbours, markets, prices and the long road into town, where the old bridge was rebuilt "
+        "last spring after the flood carried the wooden one away. Children still argue over whose turn it is to "
+        "feed the goats, and grandmother insists that the pears ripen best in the attic."
+    )
+    (prose / "list.txt").write_text("\n".join(f"- item {i} of a list that is nothing but bullets" for i in range(12)))
     books = root / "books.parquet"
     pq.write_table(pa.table({"id": ["b1", "b2"], "text": [f"book one{LONG}", f"book two{LONG}"]}), books)
     sources = (
-        SourceConfig(name="web", kind="jsonl", path=str(web), weight=4),
-        SourceConfig(name="notes", kind="text", path=str(notes), weight=2),
-        SourceConfig(name="books", kind="parquet", path=str(books), weight=2, license="CC-BY"),
+        SourceConfig(name="web", kind="jsonl", path=str(web), weight=4, quality_filters=False),
+        SourceConfig(name="notes", kind="text", path=str(notes), weight=2, quality_filters=False),
+        SourceConfig(name="books", kind="parquet", path=str(books), weight=2, license="CC-BY", quality_filters=False),
+        SourceConfig(name="prose", kind="text", path=str(prose), weight=1),
     )
     return root, sources
 
@@ -60,8 +71,16 @@ def _ids(path):
 def test_every_good_record_goes_through(result):
     out, summary, _ = result
     kept = _ids(out / "train") | _ids(out / "validation")
-    assert kept == {"web/w0", "web/w1", "web/w2", "web/w3", "notes/a.txt", "notes/b.txt", "books/b1", "books/b2"}
-    assert summary["train_docs"] + summary["validation_docs"] == 8
+    assert kept == {"web/w0", "web/w1", "web/w2", "web/w3", "notes/a.txt", "notes/b.txt", "books/b1", "books/b2", "prose/good.txt"}
+    assert summary["train_docs"] + summary["validation_docs"] == 9
+
+
+def test_pii_is_redacted_and_counted(result):
+    out, summary, _ = result
+    texts = pq.read_table(out / "train").to_pylist() + pq.read_table(out / "validation").to_pylist()
+    w3 = next(r["text"] for r in texts if r["id"] == "web/w3")
+    assert "<EMAIL>" in w3 and "jane.doe" not in w3
+    assert next(r for r in summary["sources"] if r["source"] == "web")["pii_email"] == 1
 
 
 def test_bad_records_are_quarantined_with_reasons(result):
@@ -69,7 +88,7 @@ def test_bad_records_are_quarantined_with_reasons(result):
     rejected = pq.read_table(out / "rejected").to_pylist()
     reasons = {(r["source"], r["reason"]) for r in rejected}
     assert {("web", "malformed_json"), ("web", "missing_text"), ("web", "invalid_utf8"), ("web", "exact_duplicate"),
-            ("web", "too_short"), ("notes", "binary"), ("notes", "empty_file")} <= reasons
+            ("web", "too_short"), ("notes", "binary"), ("notes", "empty_file"), ("prose", "gopher_bullet_lines")} <= reasons
     dup = next(r for r in rejected if r["reason"] == "exact_duplicate")
     assert dup["id"] == "web/w0dup" and dup["detail"] == "web/w0"
     assert all(r["location"] for r in rejected)
@@ -79,7 +98,7 @@ def test_bad_records_are_quarantined_with_reasons(result):
 def test_counts_shares_and_licences(result):
     _, summary, sink = result
     rows = {r["source"]: r for r in summary["sources"]}
-    assert rows["web"]["share"] == 0.5 and rows["books"]["license"] == "CC-BY"
+    assert rows["web"]["share"] == round(4 / 9, 4) and rows["books"]["license"] == "CC-BY"
     assert sink.series("train_docs") == [summary["train_docs"]]
 
 
@@ -97,3 +116,17 @@ def test_fingerprint_follows_the_files(corpus):
         assert fingerprint_sources(sources)[0] != before
     finally:
         (root / "notes" / "c.txt").unlink()
+
+
+def test_scarce_source_is_up_sampled_within_the_cap(corpus, tmp_path):
+    _, sources = corpus
+    # books (2 documents) wants half of the mixture: with 2 epochs allowed, each book appears twice.
+    reweighted = tuple(s.model_copy(update={"weight": {"web": 1, "notes": 1, "books": 4, "prose": 0.5}[s.name]}) for s in sources)
+    cfg = DataConfig(sources=reweighted, spark_master="local[2]", min_chars=40, val_fraction=0.25, shards=1, max_epochs=2)
+    summary = build(cfg, {}, tmp_path, ListSink())
+    rows = {r["source"]: r for r in summary["sources"]}
+    assert rows["books"]["epochs"] == 2.0 and rows["books"]["repeated_docs"] == 2
+    kept = {split: _ids(tmp_path / split) for split in ("train", "validation")}
+    for book in ("books/b1", "books/b2"):
+        # A copy lands on the same side of the split as its original.
+        assert any(book in ids and f"{book}#1" in ids for ids in kept.values())

@@ -34,3 +34,11 @@ def test_mixture_matches_weights_without_repeats():
     # b is scarce for its weight: it keeps everything, a is down-sampled to a 1:3 ratio.
     t = mixture_targets({"a": 1000, "b": 30}, {"a": 1, "b": 3})
     assert t == {"a": 10, "b": 30}
+
+
+def test_mixture_up_samples_within_the_epoch_cap():
+    # Allowed 4 passes over b, a keeps 4x more and the 1:3 ratio still holds.
+    assert mixture_targets({"a": 1000, "b": 30}, {"a": 1, "b": 3}, max_epochs=4) == {"a": 40, "b": 120}
+    # Never more than the sources hold together, even with a generous cap.
+    t = mixture_targets({"a": 100, "b": 100}, {"a": 1, "b": 1}, max_epochs=10)
+    assert t == {"a": 100, "b": 100}
