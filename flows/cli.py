@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    sv = sub.add_parser("serve", help="serve the pipeline on a schedule from this process (no work pool needed)")
+    sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: nightly at 02:00 UTC)")
+    sv.add_argument("--config", default="tiny", help="preset name or YAML file")
+    sv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sv.add_argument("--name", default="nightly", help="deployment name")
+
     pl = sub.add_parser("plan", help="size a model and a training run for a compute budget")
     budget = pl.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-flops", type=float, help="training compute in FLOPs, e.g. 1e20")
@@ -106,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return _plan(args)
+        if args.command == "serve":
+            load_config(args.config, args.overrides)  # fail now, not at 2 am
+            from flows.env import configure
+
+            configure()
+            from flows.pipeline import lifecycle_pipeline
+
+            lifecycle_pipeline.serve(name=args.name, cron=args.cron, parameters={"config": args.config, "overrides": args.overrides})
+            return 0
         cfg = load_config(args.config, args.overrides)
         selected = _phases(args.phases)
         if args.dry_run:
