@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sv.add_argument("--name", default="nightly", help="deployment name")
 
+    sw = sub.add_parser("sweep", help="scaling-law sweep: train several model widths on one token budget, fit L(N)")
+    sw.add_argument("--config", default="tiny", help="preset name or YAML file")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--sizes", default="64,96,128", help="comma-separated hidden widths (default 64,96,128)")
+    sw.add_argument("--tokens", type=int, default=200_000, help="training tokens per size")
+    sw.add_argument("--fit-path", help="where to write the fit (default $LIFECYCLE_HOME/scaling/fit.json)")
+
     pl = sub.add_parser("plan", help="size a model and a training run for a compute budget")
     budget = pl.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-flops", type=float, help="training compute in FLOPs, e.g. 1e20")
@@ -112,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return _plan(args)
+        if args.command == "sweep":
+            load_config(args.config, args.overrides)
+            sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+            from flows.env import configure
+
+            configure()
+            from flows.sweep import scaling_sweep
+
+            result = scaling_sweep(config=args.config, sizes=sizes, tokens=args.tokens, overrides=args.overrides, fit_path=args.fit_path)
+            print(f"L(N) = {result['E']:.4f} + {result['A']:.4g} * N^-{result['alpha']:.4f}  ->  {result['fit_path']} (MLflow run {result['run_id']})")
+            return 0
         if args.command == "serve":
             load_config(args.config, args.overrides)  # fail now, not at 2 am
             from flows.env import configure

@@ -37,7 +37,7 @@ class PhaseSpec:
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("data", 1, ("sources",), "phases.data.prepare:build", ("train_docs", "validation_docs", "exact_duplicates", "quarantined")),
     PhaseSpec("model", 1, ("data",), "phases.model.prepare:build", ("vocab_size", "train_tokens", "train_sequences", "parameters")),
-    PhaseSpec("pretrain", 1, ("model",), "phases.pretrain.launch:build", ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
+    PhaseSpec("pretrain", 2, ("model",), "phases.pretrain.launch:build", ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
     PhaseSpec("align", 1, ("pretrain", "data"), "phases.align.sft:build", ("num_pairs", "first_loss", "final_loss")),
     PhaseSpec("inference", 1, ("align",), "phases.inference.generate:build", ("num_prompts", "tokens_per_s")),
     PhaseSpec("evaluate", 1, ("align", "data", "model"), "phases.evaluation.evaluate:build", ("mc_acc", "val_perplexity")),

@@ -74,6 +74,21 @@ def loss_law_optimum(budget_flops: float, law: dict[str, float]) -> tuple[float,
     return n, budget_flops / (6.0 * n)
 
 
+def target_parameters(budget_flops: float, law: dict[str, Any] | None) -> tuple[float, str]:
+    """N for the budget: Chinchilla, a fitted L(N, D), or the frontier N = k C^a of a sweep."""
+    if not law:
+        return chinchilla(budget_flops)[0], "chinchilla"
+    if all(k in law for k in ("A", "B", "alpha", "beta")):
+        return loss_law_optimum(budget_flops, law)[0], "loss_law"
+    frontier = law.get("frontier") or {}
+    if "k" in frontier and "a" in frontier:
+        return frontier["k"] * budget_flops ** frontier["a"], "sweep_frontier"
+    raise ConfigError(
+        "the loss law has neither A, B, alpha, beta (L = E + A/N^alpha + B/D^beta) nor a compute-optimal "
+        "frontier {k, a}: a sweep at one token budget fits L(N) only; sweep several budgets, or give B and beta"
+    )
+
+
 def shape_for(target_params: float, vocab: int, aspect: float = 100.0) -> tuple[int, int, int, int]:
     """The (hidden, layers, heads, intermediate) closest to ``target_params``, width/depth near ``aspect``."""
     best = None
@@ -187,7 +202,7 @@ def plan(
     if budget_flops <= 0:
         raise ConfigError(f"budget {budget_flops:g} FLOPs must be positive")
     check_budget(budget_flops, vocab)
-    n_target, _ = loss_law_optimum(budget_flops, loss_law) if loss_law else chinchilla(budget_flops)
+    n_target, method = target_parameters(budget_flops, loss_law)
     hidden, layers, heads, inter = shape_for(n_target, vocab)
     n = llama_parameters(vocab, hidden, layers, inter)
     tokens = int(budget_flops / (6 * n))
@@ -199,7 +214,7 @@ def plan(
     wall = budget_flops / (num_gpus * hw.peak_flops * mfu) / 3600 if hw.peak_flops else None
     return Plan(
         budget_flops=budget_flops,
-        method="loss_law" if loss_law else "chinchilla",
+        method=method,
         target_parameters=int(n_target),
         hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
         parameters=n,

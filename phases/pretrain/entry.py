@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from phases.config import PretrainConfig
     from phases.metrics import NullSink, sink_from_env
-    from phases.pretrain import loop
+    from phases.pretrain import checkpoint, loop
     from phases.pretrain.dsconfig import deepspeed_config
+    from phases.pretrain.flops import flops_per_token
 
     cfg = PretrainConfig.model_validate(spec["pretrain"])
     model_dir, out = Path(spec["model_dir"]), Path(spec["out"])
@@ -41,17 +42,29 @@ def main(argv: list[str] | None = None) -> None:
 
     _seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     meta = json.loads((model_dir / "packed.json").read_text())
-    model = LlamaForCausalLM(LlamaConfig.from_dict(json.loads((model_dir / "model_config.json").read_text())))
+    arch = json.loads((model_dir / "model_config.json").read_text())
+    model = LlamaForCausalLM(LlamaConfig.from_dict(arch))
+    if cfg.activation_checkpointing:
+        # Non-reentrant: the reentrant variant needs inputs that require grad and warns on ints.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=loop.param_groups(model, cfg.weight_decay),
         config=deepspeed_config(cfg, world),
     )
+    plan = spec["checkpoint"]
+    state = checkpoint.restore(engine, plan, rank)  # before the first step: weights, optimizer, RNG, position
+    if state.resumed_from and rank == 0:
+        _print0(f"resuming ({state.resumed_from}) at step {state.step}, data position {state.data_position}")
+    if cfg.compile:
+        engine.compile()  # after initialize and loading: DeepSpeed compiles the module it wraps, hooks included
     train_data = loop.PackedSequences(model_dir / "train.bin", meta, rank, world, cfg.seed)
     val_data = loop.PackedSequences(model_dir / "val.bin", meta, rank, world, cfg.seed)
     sink = sink_from_env(out / "metrics.jsonl") if rank == 0 else NullSink()
     keep_ids = {meta.get("eos_id"), meta.get("bos_id")}  # if pad shares an id with these, keep it as a target
-    summary = loop.train(engine, train_data, val_data, cfg, sink, meta.get("pad_id"), keep_ids, dist, log=_print0)
+    summary = loop.train(engine, train_data, val_data, cfg, sink, meta.get("pad_id"), keep_ids, dist, log=_print0,
+                         state=state, on_step=checkpoint.Saver(engine, cfg, plan, dist),
+                         flops_per_token=flops_per_token(arch, train_data.seq_len))
     loop.save(engine, out, model_dir / "tokenizer", summary, dist)
     dist.destroy_process_group()
 

@@ -1,10 +1,12 @@
 """Phase 3, pretraining: launch DeepSpeed on the packed sequences of the model phase.
 
-:func:`build` checks the inputs, writes ``training_args.json`` (the run's whole
-specification) into the output directory, and starts the DeepSpeed launcher as a
-supervised subprocess (:func:`phases.process.run_supervised`) that runs
+:func:`build` checks the inputs, decides whether the run resumes from a checkpoint
+(:mod:`phases.pretrain.checkpoint`; checkpoints live in ``$LIFECYCLE_HOME/checkpoints/pretrain/<run id>``,
+outside the staging ``out``, so a killed run resumes), writes ``training_args.json`` (the
+run's whole specification) into the output directory, and starts the DeepSpeed launcher as
+a supervised subprocess (:func:`phases.process.run_supervised`) that runs
 :mod:`phases.pretrain.entry` on every rank. Rank 0 writes the model, tokenizer, per-step
-metrics and a summary into ``out``; :func:`build` returns that summary.
+metrics and a summary into ``out``; :func:`build` adds the model card and returns the summary.
 
 The launcher always runs out of process, even for one CPU rank: the same code path as a
 multi-GPU or multi-node run, a crash or hang cannot take the orchestrator down with it, and
@@ -27,8 +29,11 @@ from phases.config import PretrainConfig
 from phases.errors import DataError, LaunchError
 from phases.metrics import MetricsSink
 from phases.process import run_supervised
+from phases.pretrain import checkpoint
 from phases.pretrain.dsconfig import deepspeed_config
+from phases.pretrain.export import write_model_card
 from phases.refs import PhaseRef
+from phases.storage import readable_by_all
 
 log = logging.getLogger("lifecycle.pretrain")
 
@@ -46,9 +51,14 @@ def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: Met
     out.mkdir(parents=True, exist_ok=True)
     world_size = cfg.num_gpus * cfg.num_nodes
     ds_config = deepspeed_config(cfg, world_size)  # fail on a bad config here, not in N ranks
+    data_fp = inputs["model"].fingerprint
+    plan = checkpoint.plan_resume(cfg, checkpoint.checkpoint_dir(cfg, model_dir, out), data_fp,
+                                  checkpoint.file_digest(model_dir / "tokenizer" / "tokenizer.json"))
+    log.info("pretrain: %s (checkpoints in %s)", _describe(plan), plan["dir"])
     args_path = out / "training_args.json"
     args_path.write_text(json.dumps(
-        {"pretrain": cfg.model_dump(mode="json"), "deepspeed": ds_config, "model_dir": str(model_dir), "out": str(out)},
+        {"pretrain": cfg.model_dump(mode="json"), "deepspeed": ds_config, "model_dir": str(model_dir), "out": str(out),
+         "checkpoint": plan},
         indent=2, sort_keys=True,
     ))
     sink.log_dict(ds_config, "deepspeed_config.json")
@@ -59,8 +69,18 @@ def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: Met
         # The child logged to metrics.jsonl only (it cannot reach an in-memory or file
         # sink of this process): replay it, so every sink sees the per-step series.
         replay_metrics(out / "metrics.jsonl", sink)
+    write_model_card(out, cfg, summary, data_fp, model_dir)
+    readable_by_all(out)  # transformers writes model.safetensors 0600; build() may be called outside materialize()
     log.info("pretrain done: %s", ", ".join(f"{k}={summary[k]:.4g}" for k in SUMMARY_KEYS))
     return summary
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    if plan["mode"] == "resume":
+        return f"resuming from checkpoint {plan['tag']}"
+    if plan["mode"] == "warm":
+        return f"warm-starting on new data from checkpoint {plan['tag']} (generation {plan['generation']})"
+    return "training from scratch"
 
 
 def launcher_command(cfg: PretrainConfig, entry_args: list[str], master_port: int) -> list[str]:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from phases.config import PretrainConfig
+from phases.pretrain.checkpoint import RunState
+from phases.pretrain.flops import mfu, peak_flops
 
 
 class PackedSequences:
@@ -44,16 +46,22 @@ class PackedSequences:
         data = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.rows, self.seq_len))
         return torch.from_numpy(data[np.sort(index)].astype(np.int64))
 
-    def train_batches(self, micro_batch_size: int) -> Iterator[torch.Tensor]:
-        """Endless micro-batches for this rank, epoch after epoch."""
+    def train_batches(self, micro_batch_size: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Endless micro-batches for this rank, epoch after epoch, from the ``start``-th one.
+
+        The order depends only on (seed, epoch), so a resumed run jumps straight to its
+        position (no batches are read to skip them) and sees exactly the rows it would have."""
         per_rank = self.rows // self.world_size  # drop the tail so every rank has equal work
-        epoch = 0
+        per_epoch = per_rank // micro_batch_size
+        if per_epoch < 1:
+            raise ValueError(f"{self.path}: {per_rank} rows per rank cannot fill a micro-batch of {micro_batch_size}")
+        epoch, skip = divmod(start, per_epoch)
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)[: per_rank * self.world_size]
             mine = order[self.rank :: self.world_size]
-            for start in range(0, per_rank - micro_batch_size + 1, micro_batch_size):
-                yield self._rows(mine[start : start + micro_batch_size])
-            epoch += 1
+            for i in range(skip, per_epoch):
+                yield self._rows(mine[i * micro_batch_size : (i + 1) * micro_batch_size])
+            epoch, skip = epoch + 1, 0
 
     def eval_batches(self, micro_batch_size: int, num_rows: int) -> Iterator[torch.Tensor]:
         """The first ``num_rows`` rows in file order (fewer if the file is shorter), split
@@ -131,56 +139,86 @@ def evaluate(engine, data: PackedSequences, cfg: PretrainConfig, pad_id, keep_id
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def train(engine, train_data, val_data, cfg: PretrainConfig, sink, pad_id, keep_ids, dist, log=print) -> dict[str, Any]:
-    """Run ``cfg.max_steps`` optimizer steps; returns the run's headline summary."""
+def optimizer_step(engine, batches, accum: int, pad_id, keep_ids) -> tuple[torch.Tensor, float | None]:
+    """One optimizer step of ``accum`` micro-batches: (this rank's mean loss, grad norm)."""
+    step_loss = torch.zeros((), device=engine.device)
+    grad_norm = None
+    for _ in range(accum):
+        batch = next(batches).to(engine.device)
+        loss = engine(input_ids=batch, labels=_labels(batch, pad_id, keep_ids)).loss
+        engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        boundary = engine.is_gradient_accumulation_boundary()
+        own_norm = _own_grad_norm(engine) if boundary else None  # before step() zeroes the grads
+        engine.step()  # applies the update only at the accumulation boundary
+        if boundary:
+            grad_norm = _reported_grad_norm(engine) if own_norm is None else own_norm
+        step_loss += loss.detach() / accum
+    return step_loss, grad_norm
+
+
+def train(engine, train_data, val_data, cfg: PretrainConfig, sink, pad_id, keep_ids, dist, log=print,
+          state: RunState | None = None, on_step=None, flops_per_token: float | None = None) -> dict[str, Any]:
+    """Run optimizer steps ``state.step + 1 .. cfg.max_steps``; returns the run's headline summary.
+
+    ``state`` is where a resumed run stands (a fresh one by default); ``on_step(state)`` runs
+    after every step and ``on_step(state, final=True)`` at the end (the checkpoint saver).
+    ``flops_per_token`` enables the MFU metric where the device's peak is known."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    state = state or RunState()
     accum = engine.gradient_accumulation_steps()
     tokens_per_step = engine.train_batch_size() * train_data.seq_len
-    batches = train_data.train_batches(cfg.micro_batch_size)
+    batches = train_data.train_batches(cfg.micro_batch_size, start=state.data_position)
+    peak = peak_flops(cfg.peak_flops, torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     align_scheduler(engine)
     engine.train()
-    losses: list[float] = []
-    val_loss = float("nan")
-    train_time = 0.0
-    for step in range(1, cfg.max_steps + 1):
+    session_steps, session_time = 0, 0.0
+    for step in range(state.step + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
-        step_loss = torch.zeros((), device=engine.device)
-        grad_norm = None
-        for _ in range(accum):
-            batch = next(batches).to(engine.device)
-            loss = engine(input_ids=batch, labels=_labels(batch, pad_id, keep_ids)).loss
-            engine.backward(loss)  # DeepSpeed divides by the accumulation steps itself
-            boundary = engine.is_gradient_accumulation_boundary()
-            own_norm = _own_grad_norm(engine) if boundary else None  # before step() zeroes the grads
-            engine.step()  # applies the update only at the accumulation boundary
-            if boundary:
-                grad_norm = _reported_grad_norm(engine) if own_norm is None else own_norm
-            step_loss += loss.detach() / accum
+        step_loss, grad_norm = optimizer_step(engine, batches, accum, pad_id, keep_ids)
         loss_value = _mean_across_ranks(step_loss, dist)
         elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        losses.append(loss_value)
+        session_steps, session_time = session_steps + 1, session_time + elapsed
+        state.step, state.data_position = step, state.data_position + accum
+        state.losses.append(loss_value)
+        state.train_seconds += elapsed
         metrics = {"train/loss": loss_value, "train/lr": lr, "train/tokens_per_s": tokens_per_step / elapsed}
         if grad_norm is not None:
             metrics["train/grad_norm"] = grad_norm
+        step_mfu = mfu(tokens_per_step / elapsed, flops_per_token or 0.0, peak, world)
+        if step_mfu is not None and flops_per_token:
+            metrics["train/mfu"] = step_mfu
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val_loss = evaluate(engine, val_data, cfg, pad_id, keep_ids, dist)
-            metrics.update({"val/loss": val_loss, "val/perplexity": _perplexity(val_loss)})
+            state.val_loss = evaluate(engine, val_data, cfg, pad_id, keep_ids, dist)
+            metrics.update({"val/loss": state.val_loss, "val/perplexity": _perplexity(state.val_loss)})
         if rank == 0:
             sink.log_metrics(metrics, step=step)
             log(_progress_line(step, cfg.max_steps, metrics))
+        if on_step is not None:
+            on_step(state)
+    if on_step is not None:
+        on_step(state, final=True)
+    return _summary(state, cfg, tokens_per_step, world, engine.train_batch_size(), session_steps, session_time)
+
+
+def _summary(state: RunState, cfg: PretrainConfig, tokens_per_step: int, world: int, global_batch: int,
+             session_steps: int, session_time: float) -> dict[str, Any]:
+    # Throughput of this attempt only: a resumed attempt's steps ran on this process's
+    # hardware, the earlier ones possibly elsewhere. Losses span the whole run.
     return {
-        "first_loss": losses[0],
-        "final_loss": losses[-1],
-        "val_loss": val_loss,
-        "val_perplexity": _perplexity(val_loss),
-        "tokens_per_s": tokens_per_step * cfg.max_steps / train_time,
+        "first_loss": state.losses[0],
+        "final_loss": state.losses[-1],
+        "val_loss": state.val_loss,
+        "val_perplexity": _perplexity(state.val_loss),
+        "tokens_per_s": tokens_per_step * (session_steps / session_time if session_time
+                                           else len(state.losses) / max(state.train_seconds, 1e-9)),
         "steps": cfg.max_steps,
         "tokens_seen": tokens_per_step * cfg.max_steps,
         "world_size": world,
-        "global_batch_size": engine.train_batch_size(),
-        "train_seconds": train_time,
+        "global_batch_size": global_batch,
+        "train_seconds": state.train_seconds,
+        "resumed_from": state.resumed_from,
+        "generation": state.generation,
     }
 
 
@@ -193,6 +231,8 @@ def _progress_line(step: int, max_steps: int, m: dict[str, float]) -> str:
     if "train/grad_norm" in m:
         parts.append(f"grad_norm {m['train/grad_norm']:.3f}")
     parts.append(f"tok/s {m['train/tokens_per_s']:.0f}")
+    if "train/mfu" in m:
+        parts.append(f"mfu {m['train/mfu']:.1%}")
     if "val/loss" in m:
         parts.append(f"val_loss {m['val/loss']:.4f} val_ppl {m['val/perplexity']:.2f}")
     return " | ".join(parts)

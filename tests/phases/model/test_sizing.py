@@ -96,3 +96,10 @@ def test_plan_command_json(capsys):
     assert out["deepspeed"]["zero_optimization"]["stage"] == out["plan"]["zero_stage"]
     assert main(["plan", "--budget-flops", "1e9"]) == 2
     assert "below the smallest preset" in capsys.readouterr().err
+
+
+def test_a_sweep_frontier_or_a_fixed_budget_fit():
+    p = plan(vocab=32000, seq_len=2048, budget_flops=1e20, loss_law={"E": 1.7, "A": 400, "alpha": 0.3, "frontier": {"k": 0.1, "a": 0.5}})
+    assert p.method == "sweep_frontier" and p.target_parameters == int(0.1 * 1e20**0.5)
+    with pytest.raises(ConfigError, match="fits L\\(N\\) only"):
+        plan(vocab=32000, seq_len=2048, budget_flops=1e20, loss_law={"E": 1.7, "A": 400, "alpha": 0.3, "frontier": {}})

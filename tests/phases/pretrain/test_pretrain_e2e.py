@@ -25,6 +25,8 @@ TWO_RANKS_ZERO2 = ONE_RANK.model_copy(update={"num_gpus": 2, "grad_accum": 1, "z
 def _run(cfg: PretrainConfig, model_ref, out: Path, monkeypatch) -> tuple[dict, ListSink]:
     # One thread per rank: the test machine's cores are shared with other work.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # Checkpoints of each run in a home of its own: same config + architecture would resume.
+    monkeypatch.setenv("LIFECYCLE_HOME", str(Path(out).parent / f"{Path(out).name}-home"))
     sink = ListSink()
     return build(cfg, {"model": model_ref}, out, sink), sink
 

@@ -1,0 +1,221 @@
+"""Resumable pretraining checkpoints: where they live, whether to resume, save and restore.
+
+Layout of one run's checkpoint directory (see :func:`checkpoint_dir`)::
+
+    <root>/<run id>/latest.json            the newest *complete* checkpoint (written last, atomically)
+    <root>/<run id>/g<gen>-step<NNNNNNN>/   DeepSpeed's files (engine.save_checkpoint) plus
+        rng_rank<r>.pt                      python/numpy/torch RNG states of rank r
+        lifecycle.json                      the run state as JSON (step, data position, losses, data digest)
+
+The run id hashes what fixes the training trajectory (the pretrain section minus
+operational fields, and the architecture), but *not* the training data: a run whose data
+changed must find its old checkpoint, to refuse resuming on it (the default) or to
+warm-start from it (``continue_on_new_data``). DeepSpeed's own ``latest`` file is not used:
+rank 0 writes it before the other ranks' ZeRO shards are known to be on disk, while
+``latest.json`` is written after a barrier that follows every rank's save.
+The client state holds the run state; the RNG states go into one file per rank because
+only rank 0 writes DeepSpeed's model-states file (where client state lives).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phases.config import PretrainConfig, canonical_json
+from phases.errors import DataError
+
+LATEST = "latest.json"
+STATE_FILE = "lifecycle.json"
+CLIENT_KEY = "lifecycle"
+_TAG = re.compile(r"^g(\d+)-step(\d+)$")
+# Fields that change how a run is operated, not which weights it produces: changing them
+# must not orphan the checkpoints (raising timeout_s on a killed run and resuming is the point).
+OPERATIONAL_FIELDS = ("timeout_s", "checkpoint_every", "keep_checkpoints", "resume", "continue_on_new_data",
+                      "activation_checkpointing", "compile", "peak_flops", "eval_every", "eval_batches", "hostfile")
+
+
+@dataclass
+class RunState:
+    """Everything beyond weights, optimizer and lr schedule needed to continue exactly."""
+
+    step: int = 0  # optimizer steps done in this generation
+    data_position: int = 0  # micro-batches each rank has consumed from the training stream
+    losses: list[float] = field(default_factory=list)
+    val_loss: float = float("nan")
+    train_seconds: float = 0.0
+    generation: int = 0  # +1 at each warm start on new data
+    data_fingerprint: str = ""
+    tokenizer_digest: str = ""
+    resumed_from: str | None = None  # "resume:<tag>" or "warm:<tag>" for the log and summary
+
+
+# --------------------------------------------------------------------------- parent side (pure)
+
+
+def run_id(cfg: PretrainConfig, model_dir: Path) -> str:
+    section = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
+    arch = json.loads((Path(model_dir) / "model_config.json").read_text())
+    return hashlib.sha256(canonical_json({"pretrain": section, "architecture": arch}).encode()).hexdigest()[:20]
+
+
+def checkpoint_dir(cfg: PretrainConfig, model_dir: Path, out: Path) -> Path:
+    """``$LIFECYCLE_HOME/checkpoints/pretrain/<run id>``, stable across attempts.
+
+    ``out`` is a staging directory with a random name, deleted when the phase fails, so it
+    cannot hold what a rerun resumes from. Without ``LIFECYCLE_HOME`` (a notebook calling
+    ``build`` directly) the checkpoints go beside ``out``: ``<out's parent>/.checkpoints/...``,
+    which for a staging dir is the phase's outputs folder, stable as well.
+    """
+    home = os.environ.get("LIFECYCLE_HOME")
+    root = Path(home) / "checkpoints" if home else Path(out).resolve().parent / ".checkpoints"
+    return root / "pretrain" / run_id(cfg, model_dir)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_latest(ckpt_dir: Path) -> dict[str, Any] | None:
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    latest = json.loads(path.read_text())
+    return latest if (Path(ckpt_dir) / latest["tag"] / STATE_FILE).is_file() else None
+
+
+def plan_resume(cfg: PretrainConfig, ckpt_dir: Path, data_fingerprint: str, tokenizer_digest: str) -> dict[str, Any]:
+    """Decide, before any rank starts, what the run begins from: ``fresh``, ``resume`` or ``warm``.
+
+    Raises :class:`DataError` when the latest checkpoint was trained on other data and the
+    config does not ask for a warm start, naming both fixes.
+    """
+    plan = {"dir": str(ckpt_dir), "mode": "fresh", "tag": None, "generation": 0,
+            "data_fingerprint": data_fingerprint, "tokenizer_digest": tokenizer_digest}
+    if cfg.resume == "never":
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # else its old tags would mix with the new run's
+        return plan
+    latest = read_latest(ckpt_dir)
+    if latest is None:
+        return plan
+    plan.update(tag=latest["tag"], generation=latest["generation"])
+    if latest["data_fingerprint"] == data_fingerprint:
+        return {**plan, "mode": "resume"}
+    if not cfg.continue_on_new_data:
+        raise DataError(
+            f"cannot resume pretraining from {ckpt_dir / latest['tag']}: it was trained on data "
+            f"{latest['data_fingerprint']}, the model phase output is now {data_fingerprint}. Set "
+            "pretrain.continue_on_new_data=true to warm-start from its weights on the new data, or "
+            f"pretrain.resume=never to train from scratch (this deletes {ckpt_dir})"
+        )
+    if latest.get("tokenizer_digest") != tokenizer_digest:
+        raise DataError(
+            f"cannot warm-start from {ckpt_dir / latest['tag']}: the tokenizer changed "
+            f"({latest.get('tokenizer_digest')} -> {tokenizer_digest}), so token ids mean other things; "
+            "set pretrain.resume=never to train from scratch"
+        )
+    return {**plan, "mode": "warm", "generation": latest["generation"] + 1}
+
+
+# --------------------------------------------------------------------------- rank side
+
+
+def restore(engine, plan: dict[str, Any], rank: int) -> RunState:
+    """Load the planned checkpoint into ``engine`` (every rank calls this); return the run state."""
+    fresh = RunState(generation=plan["generation"], data_fingerprint=plan["data_fingerprint"],
+                     tokenizer_digest=plan["tokenizer_digest"])
+    if plan["mode"] == "fresh":
+        return fresh
+    ckpt_dir, tag = plan["dir"], plan["tag"]
+    warm = plan["mode"] == "warm"
+    # A warm start keeps what was learned (weights, Adam moments) and restarts the schedule:
+    # a new lr warmup and cosine over max_steps, and the new data from its first row.
+    path, client = engine.load_checkpoint(ckpt_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=not warm)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {ckpt_dir}")
+    if warm:
+        engine.global_steps = engine.global_samples = 0
+        fresh.resumed_from = f"warm:{tag}"
+        return fresh
+    state = RunState(**client[CLIENT_KEY])
+    state.resumed_from = f"resume:{tag}"
+    set_rng_state(_torch_load(Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"))
+    return state
+
+
+class Saver:
+    """Saves every ``cfg.checkpoint_every`` steps and at the end; keeps the newest few."""
+
+    def __init__(self, engine, cfg: PretrainConfig, plan: dict[str, Any], dist) -> None:
+        self.engine, self.cfg, self.dir, self.dist = engine, cfg, Path(plan["dir"]), dist
+        self.last_saved: int | None = None
+
+    def __call__(self, state: RunState, final: bool = False) -> None:
+        if state.step == self.last_saved or (not final and state.step % self.cfg.checkpoint_every):
+            return
+        self.save(state)
+
+    def save(self, state: RunState) -> None:
+        import torch
+
+        rank = self.dist.get_rank()
+        tag = f"g{state.generation}-step{state.step:07d}"
+        (self.dir / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(get_rng_state(), self.dir / tag / f"rng_rank{rank}.pt")
+        record = {k: v for k, v in asdict(state).items() if k != "resumed_from"}
+        # Collective: every rank writes its ZeRO shard, and the call ends with a barrier.
+        self.engine.save_checkpoint(str(self.dir), tag, client_state={CLIENT_KEY: record}, save_latest=False)
+        self.dist.barrier()  # every rank's RNG file and shard is on disk before latest.json names the tag
+        if rank == 0:
+            _write_json(self.dir / tag / STATE_FILE, record)
+            _write_json(self.dir / LATEST, {"tag": tag, **{k: record[k] for k in
+                        ("step", "generation", "data_fingerprint", "tokenizer_digest")}})
+            self._prune(keep=tag)
+        self.dist.barrier()
+        self.last_saved = state.step
+
+    def _prune(self, keep: str) -> None:
+        tags = sorted((tuple(map(int, m.groups())), p) for p in self.dir.iterdir() if (m := _TAG.match(p.name)))
+        older = [p for _, p in tags if p.name != keep][: max(0, len(tags) - self.cfg.keep_checkpoints)]
+        for p in older:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def get_rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _torch_load(path: Path):
+    import torch
+
+    return torch.load(path, weights_only=False)  # our own file: numpy and python RNG tuples are not tensors
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
