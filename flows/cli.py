@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--tokens", type=int, default=200_000, help="training tokens per size")
     sw.add_argument("--fit-path", help="where to write the fit (default $LIFECYCLE_HOME/scaling/fit.json)")
 
+    ln = sub.add_parser("lineage", help="which documents a pretrained model (or its first N steps) trained on")
+    ln.add_argument("pretrain_dir", help="a pretraining output directory (.lifecycle/outputs/pretrain/<key>)")
+    ln.add_argument("--step", type=int, help="only the first STEP optimizer steps (default: all)")
+    ln.add_argument("--output", help="write the document table (id, source, rows) to this Parquet file")
+
     pl = sub.add_parser("plan", help="size a model and a training run for a compute budget")
     budget = pl.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-flops", type=float, help="training compute in FLOPs, e.g. 1e20")
@@ -129,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
 
             result = scaling_sweep(config=args.config, sizes=sizes, tokens=args.tokens, overrides=args.overrides, fit_path=args.fit_path)
             print(f"L(N) = {result['E']:.4f} + {result['A']:.4g} * N^-{result['alpha']:.4f}  ->  {result['fit_path']} (MLflow run {result['run_id']})")
+            return 0
+        if args.command == "lineage":
+            from phases.pretrain.seen import documents_seen
+
+            table, info = documents_seen(Path(args.pretrain_dir), args.step)
+            if args.output:
+                import pyarrow.parquet as pq
+
+                pq.write_table(table, args.output)
+            print(json.dumps(info, indent=2))
             return 0
         if args.command == "serve":
             load_config(args.config, args.overrides)  # fail now, not at 2 am

@@ -63,6 +63,23 @@ class PackedSequences:
                 yield self._rows(mine[i * micro_batch_size : (i + 1) * micro_batch_size])
             epoch, skip = epoch + 1, 0
 
+    def rows_seen(self, micro_batch_size: int, grad_accum: int, steps: int) -> np.ndarray:
+        """Global row indices the first ``steps`` optimizer steps train on, in order, all ranks together.
+
+        Rank r takes order positions r, r+w, ...; a step takes grad_accum micro-batches per
+        rank, so step k covers the contiguous positions [k*G, (k+1)*G) of the epoch order
+        (G = micro x accum x world), wrapping into the next epoch's permutation.
+        """
+        per_epoch = (self.rows // self.world_size // micro_batch_size) * micro_batch_size * self.world_size
+        total = steps * micro_batch_size * grad_accum * self.world_size
+        out, epoch = [], 0
+        while total > 0:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)[:per_epoch]
+            out.append(order[:total])
+            total -= len(out[-1])
+            epoch += 1
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
     def eval_batches(self, micro_batch_size: int, num_rows: int) -> Iterator[torch.Tensor]:
         """The first ``num_rows`` rows in file order (fewer if the file is shorter), split
         evenly over the ranks: the same rows every time and whatever the rank layout."""
