@@ -65,6 +65,11 @@ def test_first_run_traces_six_finished_phases(home, mlflow_client):
         assert r.data.tags["lifecycle.config_hash"] == parents[0].data.tags["lifecycle.config_hash"]
         assert r.data.tags["mlflow.source.git.commit"]
     by_phase = {r.data.tags["lifecycle.phase"]: r for r in kids}
+    artifacts = lambda phase: {a.path for a in mlflow_client.list_artifacts(by_phase[phase].info.run_id)}  # noqa: E731
+    assert {"plan_table.json", "tokenizer_stats.json", "tokenizer", "packed.json"} <= artifacts("model")
+    assert {"source_shares.json", "rejected_summary.json"} <= artifacts("data")
+    assert "deepspeed_config.json" in artifacts("pretrain")
+    assert any(k.startswith("fertility/") for k in by_phase["model"].data.metrics)
     # Every phase after data consumes its upstream outputs as MLflow datasets with digests.
     digests = {d.dataset.name: d.dataset.digest for d in by_phase["evaluate"].inputs.dataset_inputs}
     assert len(digests) == 3 and all(digests.values())
