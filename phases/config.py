@@ -67,6 +67,18 @@ class QualityConfig(Section):
     max_dup_10gram: float = Field(0.10, ge=0, le=1, description="Largest character share in repeated word 10-grams.")
 
 
+class NearDedupConfig(Section):
+    """MinHash near-deduplication (datasketch-identical signatures), verified by exact Jaccard."""
+
+    enabled: bool = Field(True, description="Remove near-duplicates (one document kept per cluster: the smallest id).")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Exact Jaccard of word-n-gram sets at or above which two documents are duplicates.")
+    num_perm: int = Field(128, ge=2, le=1024, description="MinHash permutations.")
+    ngram: int = Field(5, ge=1, description="Words per shingle.")
+    seed: int = Field(1, description="MinHash seed (datasketch's default is 1).")
+    fn_weight: float = Field(0.99, gt=0, lt=1, description="Weight of missed pairs when choosing bands x rows (verification removes false candidates).")
+    hashing: Literal["sha1", "token"] = Field("sha1", description="sha1: datasketch's default shingle hash; token: about 4x faster, same signatures as datasketch given token_shingle_hash.")
+
+
 class DataConfig(Section):
     """Phase 1: read, normalize, filter, deduplicate, mix and split the sources."""
 
@@ -76,6 +88,7 @@ class DataConfig(Section):
     min_chars: int = Field(50, ge=0, description="Documents shorter than this (after normalization) are dropped as too_short.")
     max_chars: int = Field(200_000, gt=0, description="Documents longer than this are quarantined as too_long.")
     quality: QualityConfig = Field(QualityConfig(), description="Thresholds of the quality heuristics.")
+    near_dedup: NearDedupConfig = Field(NearDedupConfig(), description="Near-duplicate removal.")
     redact_pii: bool = Field(True, description="Replace e-mails, public IPs, phone numbers and secrets with placeholders.")
     mix_by: Literal["documents", "chars"] = Field("documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists).")
     max_epochs: float = Field(1.0, ge=1, description="Most times a scarce source may be repeated to reach its share (1 = down-sample the others instead).")

@@ -244,6 +244,9 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         good = good.withColumn("_r", F.row_number().over(by_sha)).withColumn("_kept_id", F.first("id").over(by_sha))
         exact = good.where("_r > 1").withColumn("stage", F.lit("dedup")).withColumn("reason", F.lit("exact_duplicate"))
         unique = good.where("_r = 1").drop("_r", "_n", "_kept_id").persist()
+        near, near_stats, cluster_sizes = None, {}, {}
+        if cfg.near_dedup.enabled:
+            unique, near, near_stats, cluster_sizes = remove_near_duplicates(spark, unique, cfg)
 
         mixed, available, targets = mix(unique, cfg)
         log.info("data: unique %s %s; mixture takes %s", cfg.mix_by, available, targets)
@@ -258,6 +261,8 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
             .unionByName(exact.withColumn("detail", F.col("_kept_id")).drop("_r", "_n", "_kept_id"))
             .select("id", "source", "location", "stage", "reason", "detail", "chars")
         )
+        if near is not None:
+            rejected = rejected.unionByName(near)
         _publish_parquet(rejected, out, "rejected", 1)
 
         split_counts = {
@@ -272,7 +277,61 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
     finally:
         spark.stop()
 
-    return _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
+    summary = _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
+    if cfg.near_dedup.enabled:
+        summary["near_duplicates"] = sum(r["count"] for r in reasons if r["reason"] == "near_duplicate")
+        summary["near_dedup"] = {**near_stats, "cluster_sizes": cluster_sizes}
+        sink.log_metrics({"near_duplicates": summary["near_duplicates"], **{f"near_dedup/{k}": v for k, v in near_stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+        log_cluster_sizes(cluster_sizes, sink)
+    return summary
+
+
+def remove_near_duplicates(spark, unique, cfg: DataConfig):
+    """Drop all but the smallest id of each verified near-duplicate cluster.
+
+    Returns the remaining documents, the removed ones as rejected rows, the dedup stats and
+    the cluster-size distribution ({size: clusters}).
+    """
+    from pyspark.sql import functions as F
+
+    from phases.data.dedup import NearDedupParams, near_dedup, small_ids
+
+    nd = cfg.near_dedup
+    params = NearDedupParams(threshold=nd.threshold, num_perm=nd.num_perm, ngram=nd.ngram, seed=nd.seed, fn_weight=nd.fn_weight, hashing=nd.hashing)
+    log.info("data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s)", nd.num_perm, nd.ngram, nd.threshold, params.banding())
+    clusters, stats = near_dedup(spark, unique.select("id", "text"), params)
+    removed = clusters.where(~F.col("kept")).select("id", "cluster_id").persist()
+    near = unique.join(removed, "id").select(
+        "id", "source", "location", F.lit("dedup").alias("stage"), F.lit("near_duplicate").alias("reason"),
+        F.col("cluster_id").alias("detail"), "chars",
+    )
+    remaining = unique.join(small_ids(removed.select("id")), "id", "left_anti").persist()
+    sizes = {int(r["size"]): int(r["clusters"]) for r in clusters.groupBy("cluster_id").count().where("count > 1")
+             .groupBy(F.col("count").alias("size")).agg(F.count("*").alias("clusters")).collect()}
+    return remaining, near, stats, dict(sorted(sizes.items()))
+
+
+def log_cluster_sizes(sizes: dict[int, int], sink: MetricsSink) -> None:
+    """A bar chart of the near-duplicate cluster-size distribution, as an artifact."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(sizes)), list(sizes.values()))
+    ax.set_xticks(range(len(sizes)), [str(k) for k in sizes])
+    ax.set_xlabel("documents in cluster")
+    ax.set_ylabel("clusters")
+    ax.set_title("Near-duplicate clusters by size")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "dedup_cluster_sizes.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        sink.log_artifact(path)
 
 
 def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files) -> dict[str, Any]:

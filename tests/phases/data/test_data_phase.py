@@ -13,6 +13,12 @@ from phases.errors import DataError
 from phases.metrics import ListSink
 
 LONG = " is a sentence long enough to pass the minimum length filter of the test."
+PARAGRAPH = (
+    "The committee met on a grey morning to discuss the repairs to the old stone bridge over the river, "
+    "which had been closed since the spring floods damaged two of its arches and washed away the railings. "
+    "Engineers presented three options, each with different costs, timelines and effects on the traffic "
+    "that now crowds the narrow road through the village centre every afternoon."
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +27,8 @@ def corpus(tmp_path_factory):
     web = root / "web.jsonl"
     lines = [json.dumps({"id": f"w{i}", "text": f"web document {i}{LONG}"}) for i in range(3)]
     lines.append(json.dumps({"id": "w3", "text": f"web document 3 by jane.doe@example.org{LONG}"}))
+    lines.append(json.dumps({"id": "n1", "text": PARAGRAPH}))
+    lines.append(json.dumps({"id": "n2", "text": PARAGRAPH.replace("bridge", "viaduct")}))  # a near-duplicate of n1
     lines += [
         '{"id": "broken", "text": "no closing quote}',            # malformed JSON
         json.dumps({"id": "notext", "title": "x"}),                 # no text field
@@ -46,7 +54,7 @@ def corpus(tmp_path_factory):
     books = root / "books.parquet"
     pq.write_table(pa.table({"id": ["b1", "b2"], "text": [f"book one{LONG}", f"book two{LONG}"]}), books)
     sources = (
-        SourceConfig(name="web", kind="jsonl", path=str(web), weight=4, quality_filters=False),
+        SourceConfig(name="web", kind="jsonl", path=str(web), weight=5, quality_filters=False),
         SourceConfig(name="notes", kind="text", path=str(notes), weight=2, quality_filters=False),
         SourceConfig(name="books", kind="parquet", path=str(books), weight=2, license="CC-BY", quality_filters=False),
         SourceConfig(name="prose", kind="text", path=str(prose), weight=1),
@@ -71,8 +79,8 @@ def _ids(path):
 def test_every_good_record_goes_through(result):
     out, summary, _ = result
     kept = _ids(out / "train") | _ids(out / "validation")
-    assert kept == {"web/w0", "web/w1", "web/w2", "web/w3", "notes/a.txt", "notes/b.txt", "books/b1", "books/b2", "prose/good.txt"}
-    assert summary["train_docs"] + summary["validation_docs"] == 9
+    assert kept == {"web/w0", "web/w1", "web/w2", "web/w3", "web/n1", "notes/a.txt", "notes/b.txt", "books/b1", "books/b2", "prose/good.txt"}
+    assert summary["train_docs"] + summary["validation_docs"] == 10
 
 
 def test_pii_is_redacted_and_counted(result):
@@ -91,14 +99,19 @@ def test_bad_records_are_quarantined_with_reasons(result):
             ("web", "too_short"), ("notes", "binary"), ("notes", "empty_file"), ("prose", "gopher_bullet_lines")} <= reasons
     dup = next(r for r in rejected if r["reason"] == "exact_duplicate")
     assert dup["id"] == "web/w0dup" and dup["detail"] == "web/w0"
+    near = [r for r in rejected if r["reason"] == "near_duplicate"]
+    assert [(r["id"], r["detail"]) for r in near] == [("web/n2", "web/n1")]
+    assert summary["near_dedup"]["cluster_sizes"] == {2: 1}
     assert all(r["location"] for r in rejected)
-    assert summary["read_docs"] == summary["quarantined"] + summary["filtered"] + summary["exact_duplicates"] + summary["unique_docs"]
+    assert summary["read_docs"] == (summary["quarantined"] + summary["filtered"] + summary["exact_duplicates"]
+                                    + summary["near_duplicates"] + summary["unique_docs"])
 
 
 def test_counts_shares_and_licences(result):
     _, summary, sink = result
     rows = {r["source"]: r for r in summary["sources"]}
-    assert rows["web"]["share"] == round(4 / 9, 4) and rows["books"]["license"] == "CC-BY"
+    assert rows["web"]["share"] == round(5 / 10, 4) and rows["books"]["license"] == "CC-BY"
+    assert any(path.endswith("dedup_cluster_sizes.png") for path, _ in sink.artifacts)
     assert sink.series("train_docs") == [summary["train_docs"]]
 
 
@@ -122,6 +135,7 @@ def test_scarce_source_is_up_sampled_within_the_cap(corpus, tmp_path):
     _, sources = corpus
     # books (2 documents) wants half of the mixture: with 2 epochs allowed, each book appears twice.
     reweighted = tuple(s.model_copy(update={"weight": {"web": 1, "notes": 1, "books": 4, "prose": 0.5}[s.name]}) for s in sources)
+    # (web keeps 5 of its documents after near-dedup; shares below hold whatever the others hold.)
     cfg = DataConfig(sources=reweighted, spark_master="local[2]", min_chars=40, val_fraction=0.25, shards=1, max_epochs=2)
     summary = build(cfg, {}, tmp_path, ListSink())
     rows = {r["source"]: r for r in summary["sources"]}

@@ -1,0 +1,344 @@
+"""Near-duplicate detection on Spark: signatures -> buckets -> verify -> clusters -> filter.
+
+- signatures: MinHash per document, batch-wise in ``mapInPandas`` (numpy over all shingles of an
+  Arrow batch, :mod:`phases.data.minhash`), emitted directly as (id, band, key) rows.
+- buckets: documents sharing a band key are candidate pairs (a < b), deduplicated across bands.
+- verify: each candidate pair's exact Jaccard over the shingle sets, recomputed from both texts
+  (only documents that appear in a pair are shuffled). Pairs below the threshold are dropped
+  before clustering, so a chain of false candidates cannot merge unrelated documents.
+- clusters: connected components of the verified edges with the large-star / small-star
+  algorithm (Kiveris et al., 2014) on DataFrames: O(log^2 n) rounds, nothing collected to the driver.
+- filter: one document per cluster is kept: the smallest id (the cluster id).
+
+Identical non-blank texts are first collapsed to their smallest id (an exact edge): a bucket of k
+identical copies would otherwise cost k^2/2 candidate pairs, and their Jaccard is 1 anyway.
+Everything is set-based (min, distinct), so the result does not depend on partitioning.
+Document ids must be unique.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from phases.data.minhash import HASHES, SCHEMES, Permutations, band_keys, jaccard, optimal_bands, shingle_hashes, shingles, signatures_from_hashes
+
+BAND_SCHEMA = "id string, band int, key long"
+# Id sets up to this size are broadcast: joining them to the documents then moves no text.
+BROADCAST_IDS = 2_000_000
+PAIR_SCHEMA = "a string, b string, jaccard double"
+
+
+@dataclass(frozen=True)
+class NearDedupParams:
+    """Near-dedup parameters; ``bands``/``rows`` override the threshold-derived banding."""
+
+    threshold: float = 0.8       # exact Jaccard at or above which two documents are duplicates
+    num_perm: int = 128          # MinHash permutations
+    ngram: int = 5               # words per shingle
+    seed: int = 1                # datasketch MinHash seed
+    fn_weight: float = 0.99      # weight of missed pairs in the banding choice (fp weight = 1 - this):
+                                 # verification removes false positives, so recall is what costs
+    bands: int | None = None
+    rows: int | None = None
+    scheme: str = "affine32"     # datasketch 2.0's default permutation scheme ("legacy" = pre-2.0)
+    hashing: str = "sha1"        # "sha1" = datasketch's default hashfunc; "token" = faster, see minhash.py
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.fn_weight < 1.0:
+            raise ValueError(f"fn_weight must be in (0, 1), got {self.fn_weight}")
+        if self.ngram < 1 or self.num_perm < 2:
+            raise ValueError(f"ngram must be >= 1 and num_perm >= 2, got {self.ngram}, {self.num_perm}")
+        if self.scheme not in SCHEMES or self.hashing not in HASHES:
+            raise ValueError(f"scheme in {SCHEMES} and hashing in {HASHES} required, got {self.scheme!r}, {self.hashing!r}")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they follow threshold and fn_weight)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows ({self.bands}*{self.rows}) exceeds num_perm ({self.num_perm})")
+
+    def banding(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return optimal_bands(self.threshold, self.num_perm, 1.0 - self.fn_weight, self.fn_weight)
+
+
+def band_rows(params: NearDedupParams):
+    """mapInPandas function: (id, text) batches -> (id, band, key) rows; shingle-less texts emit none."""
+    bands, rows = params.banding()
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pandas as pd
+
+        perms = Permutations(params.num_perm, params.seed, params.scheme)
+        for pdf in batches:
+            hv, counts = shingle_hashes(pdf.text.fillna("").tolist(), params.ngram, params.hashing)
+            keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
+            has = counts > 0
+            ids = pdf.id.to_numpy()[has]
+            yield pd.DataFrame({
+                "id": np.repeat(ids, bands),
+                "band": np.tile(np.arange(bands, dtype=np.int32), len(ids)),
+                "key": keys[has].ravel(),
+            })
+
+    return run
+
+
+def verify_pairs(ngram: int):
+    """mapInPandas function: (a, b, ta, tb) -> (a, b, exact Jaccard of the shingle sets)."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for pdf in batches:
+            cache: dict[str, set] = {}  # a document often sits in several pairs of one batch
+
+            def sh(i, t):
+                if i not in cache:
+                    cache[i] = shingles(t or "", ngram)
+                return cache[i]
+
+            sims = [jaccard(sh(a, ta), sh(b, tb)) for a, b, ta, tb in zip(pdf.a, pdf.b, pdf.ta, pdf.tb)]
+            yield pd.DataFrame({"a": pdf.a, "b": pdf.b, "jaccard": sims})
+
+    return run
+
+
+def exact_groups(docs):
+    """(id, rep) for every non-blank document whose text also appears under a smaller id (rep)."""
+    from pyspark.sql import functions as F
+
+    # Only (id, sha) is shuffled, never the text.
+    # (?U): Unicode whitespace, as Python's str.split() (shingles) uses; a blank text has no shingles.
+    nonblank = docs.where(F.col("text").rlike(r"(?U)\S")).select("id", F.sha2("text", 256).alias("sha"))
+    reps = nonblank.groupBy("sha").agg(F.min("id").alias("rep"), F.count("*").alias("n")).where("n > 1")
+    return nonblank.join(reps, "sha").where("id != rep").select("id", "rep")
+
+
+def candidate_pairs(bands, new_ids=None):
+    """Distinct (a, b), a < b, of documents sharing a band key; with ``new_ids``, only pairs touching them."""
+    from pyspark.sql import functions as F
+
+    shared = bands.groupBy("band", "key").count().where("count > 1").drop("count")
+    members = bands.join(shared, ["band", "key"], "left_semi")
+    x, y = members.alias("x"), members.alias("y")
+    pairs = x.join(y, (F.col("x.band") == F.col("y.band")) & (F.col("x.key") == F.col("y.key")) & (F.col("x.id") < F.col("y.id")))
+    pairs = pairs.select(F.col("x.id").alias("a"), F.col("y.id").alias("b"))
+    if new_ids is not None:
+        pairs = pairs.join(new_ids.withColumnRenamed("id", "a"), "a", "left_semi").unionByName(
+            pairs.join(new_ids.withColumnRenamed("id", "b"), "b", "left_semi"))
+    return pairs.distinct()
+
+
+def small_ids(ids):
+    """A broadcast hint for an id set that is small enough (one count job to find out)."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(ids) if ids.count() <= BROADCAST_IDS else ids
+
+
+def verified_pairs(pairs, texts, params: NearDedupParams):
+    """Candidate pairs whose exact Jaccard reaches the threshold, with that Jaccard."""
+    from pyspark.sql import functions as F
+
+    ids = pairs.select(F.col("a").alias("id")).unionByName(pairs.select(F.col("b").alias("id"))).distinct().localCheckpoint()
+    needed = texts.join(small_ids(ids), "id", "left_semi")
+    joined = (pairs.join(needed.select(F.col("id").alias("a"), F.col("text").alias("ta")), "a")
+              .join(needed.select(F.col("id").alias("b"), F.col("text").alias("tb")), "b")
+              .select("a", "b", "ta", "tb"))
+    return joined.mapInPandas(verify_pairs(params.ngram), PAIR_SCHEMA).where(F.col("jaccard") >= params.threshold)
+
+
+def _canonical(df, x: str, y: str):
+    from pyspark.sql import functions as F
+
+    return df.select(F.least(x, y).alias("a"), F.greatest(x, y).alias("b")).where("a != b").distinct()
+
+
+def _both_ways(e):
+    from pyspark.sql import functions as F
+
+    return e.select(F.col("a").alias("u"), F.col("b").alias("v")).unionByName(e.select(F.col("b").alias("u"), F.col("a").alias("v")))
+
+
+def _large_star(e):
+    """Each node's larger neighbours are attached to the smallest node of its neighbourhood."""
+    from pyspark.sql import functions as F
+
+    s = _both_ways(e)
+    m = s.groupBy("u").agg(F.min("v").alias("m")).withColumn("m", F.least("m", "u"))
+    return _canonical(s.where("v > u").join(m, "u"), "v", "m")
+
+
+def _small_star(e):
+    """Each node and its smaller neighbours are attached to the smallest of them."""
+    from pyspark.sql import functions as F
+
+    s = _both_ways(e).where("v < u")
+    m = s.groupBy("u").agg(F.min("v").alias("m"))
+    return _canonical(s.join(m, "u").select("v", "m").unionByName(m.select(F.col("u").alias("v"), "m")), "v", "m")
+
+
+def _is_star_forest(e) -> bool:
+    """Every edge (a, b) is centre -> leaf: no leaf has two centres and no centre is a leaf (one job)."""
+    from pyspark.sql import functions as F
+
+    leaves = e.groupBy("b").count()
+    centres_as_leaves = leaves.join(e.select("a"), leaves.b == F.col("a"), "left_semi").select("b")
+    return leaves.where("count > 1").select("b").unionByName(centres_as_leaves).limit(1).count() == 0
+
+
+def connected_components(edges, max_rounds: int = 64):
+    """(id, label) for every node of ``edges`` (columns a, b): label = the smallest node of its component."""
+    from pyspark.sql import functions as F
+
+    e = _canonical(edges, "a", "b").localCheckpoint()
+    for _ in range(max_rounds):
+        if _is_star_forest(e):
+            break
+        # localCheckpoint cuts the lineage: the plan would otherwise grow with every round.
+        e = _small_star(_large_star(e)).localCheckpoint()
+    else:
+        raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+    roots = e.select(F.col("a").alias("id"), F.col("a").alias("label")).distinct()
+    return e.select(F.col("b").alias("id"), F.col("a").alias("label")).unionByName(roots)
+
+
+def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_edges: bool = False):
+    """(clusters, stats): clusters has one row per input document (id, cluster_id, kept).
+
+    ``docs`` needs string columns id (unique) and text. ``clusters`` is persisted; unpersist it when
+    done. ``with_edges`` adds a third item: the duplicate edges (a, b, jaccard; exact ones with 1.0).
+    """
+    from pyspark.sql import functions as F
+
+    docs = docs.select(F.col("id").cast("string"), F.col("text").cast("string")).persist()
+    exact = exact_groups(docs).localCheckpoint()
+    reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
+    # Materialized once: candidate_pairs reads the bands twice (bucket sizes, members).
+    bands = reps.mapInPandas(band_rows(params), BAND_SCHEMA).localCheckpoint()
+    # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
+    # (deep plans made Spark spend more time planning and describing queries than running them).
+    pairs = candidate_pairs(bands).localCheckpoint()
+    verified = verified_pairs(pairs, reps, params).localCheckpoint()
+    exact_edges = exact.select(F.col("rep").alias("a"), F.col("id").alias("b"), F.lit(1.0).alias("jaccard"))
+    edges = verified.unionByName(exact_edges).localCheckpoint()
+    labels = connected_components(edges)
+    clusters = (docs.select("id").join(labels, "id", "left")
+                .select("id", F.coalesce("label", "id").alias("cluster_id"))
+                .withColumn("kept", F.col("id") == F.col("cluster_id")).persist())
+    b, r = params.banding()
+    totals = clusters.agg(F.count("*").alias("docs"), F.count(F.when(~F.col("kept"), 1)).alias("removed"),
+                          F.countDistinct(F.when(~F.col("kept"), F.col("cluster_id"))).alias("clusters")).first()
+    stats = {
+        **totals.asDict(),
+        "exact_duplicates": exact.count(),
+        "candidate_pairs": pairs.count(),
+        "verified_pairs": verified.count(),
+        "bands": b, "rows": r, **{f"param_{k}": v for k, v in asdict(params).items()},
+    }
+    docs.unpersist()
+    return (clusters, stats, edges) if with_edges else (clusters, stats)
+
+
+# --- incremental mode: a nightly batch against a persisted index of the documents already seen ---
+#
+# index_dir/gen-NNNNN/{bands,docs}/ (Parquet) + index_dir/params.json. bands: (id, band, key) of every
+# indexed document that was banded; docs: (id, cluster_id, text) of every indexed document (kept or
+# not: a new document may be a near-duplicate of a removed one, and a full recompute would join it to
+# that cluster). Each update adds one generation directory, renamed into place when complete.
+
+
+def _generations(index_dir) -> list:
+    from pathlib import Path
+
+    return sorted(p for p in Path(index_dir).glob("gen-*") if p.is_dir()) if index_dir else []
+
+
+def _check_index_params(index_dir, params: NearDedupParams) -> None:
+    import json
+    from pathlib import Path
+
+    meta = Path(index_dir) / "params.json"
+    if meta.exists() and json.loads(meta.read_text()) != asdict(params):
+        raise ValueError(f"index {index_dir} was built with {meta.read_text()}; near-dedup it with the same parameters, got {asdict(params)}")
+
+
+def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams = NearDedupParams()):
+    """(clusters, stats) for ``new_docs`` deduplicated against the index and against each other.
+
+    Cost follows the new batch: only index bands sharing a key with a new document are read past the
+    scan, and only pairs touching a new document are verified. Indexed documents enter the graph as
+    their stored cluster, and an indexed cluster outranks any new document, so an old kept document
+    stays kept. For new documents the result equals a full recompute whenever new ids sort after the
+    indexed ones (the full run's smallest-id rule then agrees). A new document that bridges two
+    indexed clusters gets the smaller cluster id; the indexed documents keep their stored ids
+    (counted in stats as ``bridged_clusters``).
+    """
+    from pyspark.sql import functions as F
+
+    _check_index_params(index_dir, params)
+    gens = _generations(index_dir)
+    docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string")).persist()
+    exact = exact_groups(docs).localCheckpoint()
+    reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
+    new_bands = bands = reps.mapInPandas(band_rows(params), BAND_SCHEMA).persist()
+    old = spark.createDataFrame([], "id string, cluster_id string, text string")
+    texts = reps
+    if gens:
+        old = spark.read.parquet(*[str(g / "docs") for g in gens])
+        if docs.join(old, "id", "left_semi").limit(1).count():
+            raise ValueError("new documents reuse ids already in the index; ids must be unique across batches")
+        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
+        bands = bands.unionByName(old_bands.select("id", "band", "key"))
+        texts = reps.unionByName(old.select("id", "text"))
+    pairs = candidate_pairs(bands, new_ids=reps.select("id")).localCheckpoint()
+    verified = verified_pairs(pairs, texts, params).localCheckpoint()
+    ids = verified.select(F.col("a").alias("id")).unionByName(verified.select(F.col("b").alias("id"))).distinct()
+    # Graph nodes: "0"+cluster for an indexed document (its whole stored cluster), "1"+id for a new one.
+    nodes = (ids.join(old.select("id", "cluster_id"), "id", "left")
+             .select("id", F.coalesce(F.concat(F.lit("0"), "cluster_id"), F.concat(F.lit("1"), "id")).alias("node")).localCheckpoint())
+    new_edges = (verified.join(nodes.withColumnRenamed("id", "a").withColumnRenamed("node", "na"), "a")
+                 .join(nodes.withColumnRenamed("id", "b").withColumnRenamed("node", "nb"), "b").select(F.col("na").alias("a"), F.col("nb").alias("b")))
+    exact_edges = exact.select(F.concat(F.lit("1"), "rep").alias("a"), F.concat(F.lit("1"), "id").alias("b"))
+    labels = connected_components(new_edges.unionByName(exact_edges))
+    clusters = (docs.select("id", F.concat(F.lit("1"), "id").alias("node")).join(labels.withColumnRenamed("id", "node"), "node", "left")
+                .select("id", F.coalesce("label", "node").alias("label"))
+                .select("id", F.expr("substring(label, 2)").alias("cluster_id"), (F.col("label") == F.concat(F.lit("1"), "id")).alias("kept"))
+                .persist())
+    old_labels = labels.where(F.col("label").startswith("0")).where(F.col("id").startswith("0")).where("id != label")
+    stats = {
+        "docs": clusters.count(), "indexed_generations": len(gens),
+        "candidate_pairs": pairs.count(), "verified_pairs": verified.count(),
+        "removed": clusters.where(~F.col("kept")).count(), "bridged_clusters": old_labels.count(),
+    }
+    for df in (new_bands, docs):
+        df.unpersist()
+    return clusters, stats
+
+
+def update_index(spark, index_dir, new_docs, clusters, params: NearDedupParams = NearDedupParams()) -> str:
+    """Add ``new_docs`` with their ``clusters`` rows (from :func:`near_dedup_incremental`) as a new generation."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    _check_index_params(index_dir, params)
+    root = Path(index_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    gens = _generations(root)
+    name = f"gen-{int(gens[-1].name[4:]) + 1 if gens else 0:05d}"
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))
+    reps = docs.join(exact_groups(docs).select("id"), "id", "left_anti")
+    reps.mapInPandas(band_rows(params), BAND_SCHEMA).write.parquet(str(tmp / "bands"))
+    docs.join(clusters.select("id", "cluster_id"), "id").select("id", "cluster_id", "text").write.parquet(str(tmp / "docs"))
+    (root / "params.json").write_text(json.dumps(asdict(params), sort_keys=True))
+    tmp.rename(root / name)
+    return str(root / name)

@@ -1,0 +1,92 @@
+"""The standalone near-dedup command as a plain function (the CLI wires ``lifecycle dedup`` to it).
+
+Reads JSONL or Parquet records with ``id`` and ``text``, writes ``OUTPUT/kept/`` (Parquet, the
+records that survive, all their columns) and ``OUTPUT/clusters.parquet`` (id, cluster_id, kept for
+every input record). Outputs are written to a temporary sibling directory and renamed into
+place, so ``OUTPUT`` either holds a complete result or does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from phases.data.dedup import NearDedupParams, near_dedup, near_dedup_incremental, small_ids, update_index
+from phases.errors import DataError
+
+
+def _read(spark, inputs: list[str]):
+    paths = [os.path.abspath(p) for p in inputs]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"dedup inputs not found: {missing}")
+    kinds = {"parquet" if p.endswith(".parquet") or (os.path.isdir(p) and any(Path(p).glob("*.parquet"))) else "json" for p in paths}
+    if len(kinds) != 1:
+        raise DataError(f"dedup inputs mix JSONL and Parquet ({paths}); pass one kind per run")
+    df = spark.read.parquet(*paths) if kinds == {"parquet"} else spark.read.json(paths)
+    for col in ("id", "text"):
+        if col not in df.columns:
+            raise DataError(f"dedup inputs have no {col!r} column (columns: {df.columns}); each record needs id and text")
+    return df
+
+
+def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5,
+              spark_master: str = "local[*]", seed: int = 1, fn_weight: float = 0.99, hashing: str = "sha1",
+              spark=None, index_dir: str | None = None) -> dict[str, Any]:
+    """Near-deduplicate ``inputs`` into ``output`` (see the module docstring); returns the stats.
+
+    ``spark``: an existing session to use (left running); by default one is started and stopped.
+    ``index_dir``: incremental mode for nightly batches: deduplicate against the documents
+    indexed there by earlier runs (and against each other), then add this batch to the index.
+    """
+    from pyspark.sql import functions as F
+
+    from phases.data.prepare import spark_session
+
+    params = NearDedupParams(threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, fn_weight=fn_weight, hashing=hashing)
+    out = Path(output).absolute()
+    if out.exists():
+        raise DataError(f"dedup output {out} already exists; remove it or choose another directory")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.perf_counter()
+    own = spark is None
+    spark = spark_session(spark_master) if own else spark
+    try:
+        records = _read(spark, inputs).withColumn("id", F.col("id").cast("string"))
+        dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
+        if dup_ids:
+            raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
+        docs = records.select("id", "text")
+        if index_dir:
+            clusters, stats = near_dedup_incremental(spark, docs, index_dir, params)
+        else:
+            clusters, stats = near_dedup(spark, docs, params)
+        clusters.coalesce(1).sortWithinPartitions("id").write.parquet(str(tmp / "_clusters"))
+        parts = list((tmp / "_clusters").glob("part-*.parquet"))
+        parts[0].rename(tmp / "clusters.parquet")
+        shutil.rmtree(tmp / "_clusters")
+        # Anti-join with the (few, broadcast) removed ids: the texts are written without a shuffle.
+        removed = clusters.where(~F.col("kept")).select("id")
+        kept = records.join(small_ids(removed), "id", "left_anti")
+        kept.sortWithinPartitions("id").write.parquet(str(tmp / "kept"))
+        for marker in (tmp / "kept").glob("_*"):
+            marker.unlink()
+        stats["kept"] = stats["docs"] - stats["removed"]
+        if index_dir:
+            stats["index_generation"] = update_index(spark, index_dir, docs, clusters, params)
+        stats["seconds"] = round(time.perf_counter() - started, 2)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+        clusters.unpersist()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if own:
+            spark.stop()
+    tmp.rename(out)
+    return stats

@@ -1,0 +1,118 @@
+"""Corpora and ground truth for the near-dedup benchmarks.
+
+- ``synthetic_corpus``: Zipf-distributed random words, 1-5 KB per document; a share of the documents
+  are near copies of a base document at a known word-edit rate (substitutions, insertions, deletions).
+- ``real_corpus``: text from this machine: the stdlib's .py files and site-packages licence files
+  (many licences are near-identical MIT/BSD/Apache texts: real near-duplicates).
+- ``true_pairs``: every pair with exact Jaccard >= threshold over the same shingles as the pipeline,
+  through a shingle inverted index (the sparse doc x shingle matrix times its transpose).
+"""
+
+from __future__ import annotations
+
+import random
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from phases.data.minhash import shingles
+
+
+def _vocabulary(rng: np.random.Generator, size: int = 30_000) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lengths = rng.integers(2, 10, size)
+    return ["".join(rng.choice(letters, n)) + str(i % 7 or "") for i, n in enumerate(lengths)]
+
+
+def edit(rng: random.Random, words: list[str], rate: float, vocab: list[str]) -> list[str]:
+    """Each word is substituted, deleted or followed by an insertion with probability ``rate``."""
+    out = []
+    for w in words:
+        if rng.random() >= rate:
+            out.append(w)
+            continue
+        op = rng.randrange(3)
+        if op == 0:
+            out.append(rng.choice(vocab))
+        elif op == 2:
+            out += [w, rng.choice(vocab)]
+    return out
+
+
+def synthetic_corpus(n_docs: int, dup_share: float = 0.3, edit_rates=(0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04),
+                     seed: int = 0) -> list[tuple[str, str]]:
+    """(id, text) rows; ids are shuffled so a near copy sorts before its base about half the time."""
+    nrng = np.random.default_rng(seed)
+    rng = random.Random(seed)
+    vocab = _vocabulary(nrng)
+    p = 1.0 / np.arange(1, len(vocab) + 1) ** 1.05
+    cdf = np.cumsum(p / p.sum())  # sampling by searchsorted: rng.choice(p=...) rebuilds this per call
+    n_dups = int(n_docs * dup_share)
+    bases: list[list[str]] = []
+    for _ in range(n_docs - n_dups):
+        target = nrng.integers(1000, 5000)  # bytes; ~6.5 bytes per word with its space
+        picks = np.minimum(np.searchsorted(cdf, nrng.random(int(target / 6.5))), len(vocab) - 1)
+        bases.append([vocab[i] for i in picks])
+    docs = [" ".join(b) for b in bases]
+    for _ in range(n_dups):
+        docs.append(" ".join(edit(rng, bases[rng.randrange(len(bases))], rng.choice(edit_rates), vocab)))
+    ids = [f"doc{i:07d}" for i in range(n_docs)]
+    rng.shuffle(ids)
+    return list(zip(ids, docs))
+
+
+def real_corpus(max_bytes: int = 200_000) -> list[tuple[str, str]]:
+    """The stdlib's .py files and site-packages licence files as (path, text)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    site = Path(sysconfig.get_paths()["purelib"])
+    files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
+    files += sorted(p for pat in ("*LICENSE*", "*LICENCE*", "*COPYING*") for p in site.rglob(pat) if p.is_file())
+    rows = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError:
+            continue
+        if 0 < len(data) <= max_bytes:
+            rows.append((str(f), data.decode("utf-8", errors="replace")))
+    return rows
+
+
+def true_pairs(rows: list[tuple[str, str]], ngram: int, threshold: float) -> dict[tuple[str, str], float]:
+    """{(a, b): J} for a < b with exact Jaccard >= threshold, from exact shingle sets (no hashing)."""
+    from scipy import sparse
+
+    ids = [r[0] for r in rows]
+    vocab: dict[bytes, int] = {}
+    indptr, indices = [0], []
+    for _, text in rows:
+        indices += [vocab.setdefault(s, len(vocab)) for s in shingles(text, ngram)]
+        indptr.append(len(indices))
+    x = sparse.csr_matrix((np.ones(len(indices), np.int32), indices, indptr), shape=(len(rows), len(vocab)))
+    sizes = np.diff(x.indptr)
+    inter = sparse.triu(x @ x.T, k=1).tocoo()  # posting lists (columns) give every pair sharing a shingle
+    jac = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
+    keep = jac >= threshold
+    out = {}
+    for i, j, v in zip(inter.row[keep], inter.col[keep], jac[keep]):
+        a, b = sorted((ids[i], ids[j]))
+        out[(a, b)] = float(v)
+    return out
+
+
+def components(ids: list[str], pairs) -> dict[str, str]:
+    """id -> smallest id of its connected component over ``pairs`` (union-find, the exact reference)."""
+    parent = {i: i for i in ids}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {i: find(i) for i in ids}

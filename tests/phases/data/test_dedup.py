@@ -1,0 +1,137 @@
+"""Near-dedup on real Spark (local[2]) over small planted corpora."""
+
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+
+from phases.data.dedup import NearDedupParams, connected_components, near_dedup, near_dedup_incremental, update_index
+from phases.data.dedup_cli import run_dedup
+from phases.data.minhash import jaccard, shingles
+
+WORDS = [f"w{i}" for i in range(5000)]
+
+
+def _doc(rng, n=120):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _edit(rng, text, k):
+    tk = text.split()
+    for _ in range(k):
+        tk[rng.randrange(len(tk))] = rng.choice(WORDS)
+    return " ".join(tk)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from phases.data.prepare import spark_session
+
+    s = spark_session("local[2]")
+    s.conf.set("spark.sql.shuffle.partitions", "4")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """20 unique docs; d03, d07 have near copies (2 words changed, J ~ 0.85); d05 an exact copy; blanks."""
+    rng = random.Random(5)
+    rows = {f"d{i:02d}": _doc(rng) for i in range(20)}
+    rows["n03"] = _edit(rng, rows["d03"], 2)
+    rows["n07a"] = _edit(rng, rows["d07"], 2)
+    rows["c07b"] = _edit(rng, rows["d07"], 1)   # sorts before d07: the smallest id is kept, not the first seen
+    rows["x05"] = rows["d05"]
+    rows["blank1"], rows["blank2"] = "  ", "\n"
+    assert jaccard(shingles(rows["d03"], 5), shingles(rows["n03"], 5)) >= 0.8
+    return rows
+
+
+def _clusters(spark, rows, params=NearDedupParams(), partitions=2):
+    df = spark.createDataFrame(sorted(rows.items()), "id string, text string").repartition(partitions)
+    clusters, stats = near_dedup(spark, df, params)
+    out = {r["id"]: (r["cluster_id"], r["kept"]) for r in clusters.collect()}
+    clusters.unpersist()
+    return out, stats
+
+
+def test_planted_near_duplicates_are_found(spark, corpus):
+    out, stats = _clusters(spark, corpus)
+    removed = {i: c for i, (c, kept) in out.items() if not kept}
+    assert removed == {"n03": "d03", "n07a": "c07b", "d07": "c07b", "x05": "d05"}
+    assert out["c07b"] == ("c07b", True) and out["blank1"] == ("blank1", True) and out["blank2"] == ("blank2", True)
+    assert set(out) == set(corpus) and stats["removed"] == 4 and stats["exact_duplicates"] == 1
+
+
+def test_verification_breaks_a_false_candidate_chain(spark):
+    rng = random.Random(11)
+    a = _doc(rng, 200)
+    b = _edit(rng, a, 2)     # J(a, b) ~ 0.9: a true pair
+    c = _edit(rng, b, 25)    # J(b, c) ~ 0.4: shares many min-hashes with b, not a duplicate
+    assert jaccard(shingles(b, 5), shingles(c, 5)) < 0.6
+    # One row per band makes b and c collide in some band almost surely: a false candidate.
+    loose = NearDedupParams(bands=32, rows=1)
+    out, stats = _clusters(spark, {"a": a, "b": b, "c": c}, loose)
+    assert stats["candidate_pairs"] == 3 and stats["verified_pairs"] == 1
+    assert out == {"a": ("a", True), "b": ("a", False), "c": ("c", True)}
+
+
+def test_same_clusters_across_partitions_and_runs(spark, corpus):
+    first, _ = _clusters(spark, corpus, partitions=1)
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    try:
+        again, _ = _clusters(spark, corpus, partitions=4)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", "4")
+    assert first == again
+    assert sum(not k for _, k in first.values()) == 4
+
+
+def test_connected_components_of_a_long_chain(spark):
+    chain = [(f"n{i:02d}", f"n{i + 1:02d}") for i in range(0, 24)]  # one path of 25 nodes
+    edges = spark.createDataFrame(chain[::-1] + [("x", "y"), ("z", "y")], "a string, b string")
+    labels = dict(connected_components(edges).collect())
+    assert {k: v for k, v in labels.items() if k.startswith("n")} == {f"n{i:02d}": "n00" for i in range(25)}
+    assert labels["x"] == labels["y"] == labels["z"] == "x"
+
+
+def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp_path):
+    rng = random.Random(3)
+    old = {k: v for k, v in corpus.items() if k.startswith(("d", "b"))}
+    new = {"p01": _edit(rng, corpus["d03"], 1), "p02": _doc(rng), "p03": corpus["d05"], "p04": _edit(rng, corpus["d11"], 2)}
+    new["p05"] = new["p02"]
+    index = tmp_path / "index"
+    params = NearDedupParams()
+    old_df = spark.createDataFrame(sorted(old.items()), "id string, text string")
+    old_clusters, _ = near_dedup(spark, old_df, params)
+    update_index(spark, index, old_df, old_clusters, params)
+    new_df = spark.createDataFrame(sorted(new.items()), "id string, text string")
+    inc, stats = near_dedup_incremental(spark, new_df, index, params)
+    got = {r["id"]: (r["cluster_id"], r["kept"]) for r in inc.collect()}
+    full, _ = _clusters(spark, {**old, **new})
+    assert got == {k: full[k] for k in new}
+    assert got["p01"] == ("d03", False) and got["p02"] == ("p02", True) and got["p05"] == ("p02", False)
+    assert stats["indexed_generations"] == 1
+
+    # A second night: a new id that sorts before the old one still loses to the indexed document.
+    update_index(spark, index, new_df, inc, params)
+    night2 = spark.createDataFrame([("a00", _edit(rng, corpus["d03"], 1)), ("a01", new["p02"])], "id string, text string")
+    got2 = {r["id"]: (r["cluster_id"], r["kept"]) for r in near_dedup_incremental(spark, night2, index, params)[0].collect()}
+    assert got2 == {"a00": ("d03", False), "a01": ("p02", False)}
+    with pytest.raises(ValueError, match="same parameters"):
+        near_dedup_incremental(spark, night2, index, NearDedupParams(ngram=3))
+
+
+def test_run_dedup_writes_outputs(spark, corpus, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": k, "text": v, "meta": len(v)}) + "\n" for k, v in corpus.items()))
+    stats = run_dedup([str(src)], str(tmp_path / "out"), spark_master="local[2]", spark=spark)
+    clusters = pq.read_table(tmp_path / "out" / "clusters.parquet").to_pylist()
+    kept = pq.read_table(tmp_path / "out" / "kept").to_pylist()
+    assert len(clusters) == len(corpus) and {r["id"] for r in clusters if not r["kept"]} == {"n03", "n07a", "d07", "x05"}
+    assert {r["id"] for r in kept} == set(corpus) - {"n03", "n07a", "d07", "x05"} and all("meta" in r for r in kept)
+    assert stats["removed"] == 4 and json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == len(kept)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    with pytest.raises(Exception, match="already exists"):
+        run_dedup([str(src)], str(tmp_path / "out"), spark=spark)

@@ -1,0 +1,87 @@
+"""MinHash signatures against datasketch itself, banding choice and exact Jaccard (pure numpy)."""
+
+import random
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
+
+from phases.data.minhash import (Permutations, band_keys, collision_probability, jaccard, optimal_bands, shingles,
+                                 signatures, token_shingle_hash)
+
+
+def _texts(n, seed=0):
+    rng = random.Random(seed)
+    words = ["Alpha", "beta", "gamma", "δέλτα", "epsilon", "ζ", "eta", "theta", "iota", "kappa", "naïve", "x"] + [f"w{i}" for i in range(300)]
+    # Lengths 0..60 cover empty texts, texts shorter than one n-gram and ordinary ones.
+    return [rng.choice([" ", "\n", "\t "]).join(rng.choice(words) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+
+
+def _datasketch(text, num_perm, seed, scheme, ngram, hashfunc=None):
+    m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme, hashfunc=hashfunc)
+    for s in shingles(text, ngram):
+        m.update(s)
+    return m.hashvalues
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+@pytest.mark.parametrize("num_perm,seed,ngram", [(128, 1, 5), (64, 42, 3), (7, 0, 1)])
+def test_sha1_signatures_equal_datasketch(scheme, num_perm, seed, ngram):
+    texts = _texts(150, seed)
+    sig = signatures(texts, Permutations(num_perm, seed, scheme), ngram, "sha1")
+    for text, row in zip(texts, sig):
+        expected = _datasketch(text, num_perm, seed, scheme, ngram)
+        assert row.dtype == expected.dtype and np.array_equal(row, expected), text
+
+
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+def test_token_signatures_equal_datasketch_with_token_hashfunc(scheme):
+    texts = _texts(150, 7)
+    sig = signatures(texts, Permutations(128, 3, scheme), 5, "token")
+    for text, row in zip(texts, sig):
+        assert np.array_equal(row, _datasketch(text, 128, 3, scheme, 5, token_shingle_hash(5))), text
+
+
+def test_permutations_are_datasketchs():
+    for scheme in ("affine32", "legacy"):
+        p = Permutations(32, 9, scheme)
+        a, b = MinHash(num_perm=32, seed=9, scheme=scheme).permutations
+        assert np.array_equal(p.a, a) and np.array_equal(p.b, b)
+
+
+def test_batch_chunking_does_not_change_signatures(monkeypatch):
+    from phases.data import minhash
+
+    texts = _texts(60, 3)
+    whole = signatures(texts, Permutations(16, 1), 2)
+    monkeypatch.setattr(minhash, "_CHUNK", 5)  # forces many small chunks, some docs larger than one
+    assert np.array_equal(signatures(texts, Permutations(16, 1), 2), whole)
+
+
+def test_shingles_definition():
+    assert shingles("A b  C\nd", 2) == {b"a b", b"b c", b"c d"}
+    assert shingles("Only two", 5) == {b"only two"}
+    assert shingles(" \n ", 5) == set()
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == 0.5
+    assert jaccard(set(), set()) == 0.0
+
+
+def test_optimal_bands_matches_datasketch_and_favours_recall():
+    assert optimal_bands(0.8, 128) == _optimal_param(0.8, 128, 0.5, 0.5) == (9, 13)
+    assert optimal_bands(0.5, 64, 0.3, 0.7) == _optimal_param(0.5, 64, 0.3, 0.7)
+    b, r = optimal_bands(0.8, 128, 0.01, 0.99)
+    # Recall-oriented: a pair at the threshold collides far more often than with equal weights.
+    assert collision_probability(0.8, b, r) > 0.98 > 0.5 > collision_probability(0.8, 9, 13)
+    with pytest.raises(ValueError, match="threshold"):
+        optimal_bands(1.0, 128)
+
+
+def test_band_keys_equal_iff_band_equal():
+    sig = signatures(["a b c d e f g h", "a b c d e f g h", "z y x w v u t s"], Permutations(8, 1), 2)
+    k = band_keys(sig, 4, 2)
+    assert k.shape == (3, 4) and np.array_equal(k[0], k[1]) and not np.any(k[0] == k[2])
+    sig2 = sig.copy()
+    sig2[1, 3] ^= 1  # one value of band 1 changes: only that band's key changes
+    k2 = band_keys(sig2, 4, 2)
+    assert [bool(x) for x in (k2[0] == k2[1])] == [True, False, True, True]
