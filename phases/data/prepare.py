@@ -18,6 +18,7 @@ from phases.config import DataConfig, SourceConfig
 from phases.data.sources import is_remote, source_files
 from phases.errors import DataError
 from phases.metrics import MetricsSink, write_table
+from phases.storage import CONTENT_FINGERPRINT
 
 log = logging.getLogger("lifecycle.data")
 
@@ -201,7 +202,9 @@ def mix(unique, cfg: DataConfig):
 def _publish_parquet(df, out: Path, name: str, shards: int) -> list[str]:
     """Write ``df`` as ``out/name/part-0000N.parquet`` (deterministic names, no Spark markers)."""
     tmp = out / f"_spark_{name}"
-    df.repartitionByRange(shards, "id").sortWithinPartitions("id").write.mode("overwrite").parquet(str(tmp))
+    # Hash partitioning on the id: a document's shard is the same at any partition count and on
+    # any master (range partitioning samples its boundaries, which vary with the input layout).
+    df.repartition(shards, "id").sortWithinPartitions("id").write.mode("overwrite").parquet(str(tmp))
     final = out / name
     final.mkdir()
     parts = sorted(tmp.glob("part-*.parquet"))
@@ -278,12 +281,31 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         spark.stop()
 
     summary = _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
+    summary[CONTENT_FINGERPRINT] = content_digest(out)
     if cfg.near_dedup.enabled:
         summary["near_duplicates"] = sum(r["count"] for r in reasons if r["reason"] == "near_duplicate")
         summary["near_dedup"] = {**near_stats, "cluster_sizes": cluster_sizes}
         sink.log_metrics({"near_duplicates": summary["near_duplicates"], **{f"near_dedup/{k}": v for k, v in near_stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
         log_cluster_sizes(cluster_sizes, sink)
     return summary
+
+
+def content_digest(out: Path) -> str:
+    """sha256 over every split's rows in id order: the data, independent of file layout and bytes."""
+    import hashlib
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for split in ("train", "validation", "rejected"):
+        table = pq.read_table(out / split)
+        table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+        h.update(f"{split}:{table.num_rows}:{','.join(table.column_names)}\n".encode())
+        for batch in table.to_batches(max_chunksize=4096):
+            for row in batch.to_pylist():
+                h.update(repr(sorted(row.items())).encode())
+    return h.hexdigest()
 
 
 def remove_near_duplicates(spark, unique, cfg: DataConfig):

@@ -61,3 +61,11 @@ def test_published_files_are_readable_by_all(tmp_path):
 
     ref, _ = materialize(home=tmp_path, phase="p", version=1, section={}, inputs={}, build=build)
     assert (ref.path / "weights.safetensors").stat().st_mode & 0o044 == 0o044
+
+
+def test_a_build_may_vouch_for_its_content(tmp_path):
+    from phases.storage import CONTENT_FINGERPRINT
+
+    ref, _ = materialize(home=tmp_path, phase="p", version=1, section={}, inputs={},
+                         build=lambda out: (out / "f").write_text("x") and {"n": 1, CONTENT_FINGERPRINT: "rows-digest"})
+    assert ref.fingerprint == "rows-digest" and ref.summary == {"n": 1}
