@@ -35,7 +35,7 @@ class PhaseSpec:
 
 
 PHASES: tuple[PhaseSpec, ...] = (
-    PhaseSpec("data", 2, ("sources",), "phases.data.prepare:build", ("train_docs", "validation_docs", "exact_duplicates", "quarantined")),
+    PhaseSpec("data", 2, ("sources",), "phases.data.prepare:build", ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
     PhaseSpec("model", 1, ("data",), "phases.model.prepare:build", ("vocab_size", "train_tokens", "train_sequences", "parameters")),
     PhaseSpec("pretrain", 2, ("model",), "phases.pretrain.launch:build", ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
     PhaseSpec("align", 1, ("pretrain", "data"), "phases.align.sft:build", ("num_pairs", "first_loss", "final_loss")),
