@@ -1,15 +1,18 @@
 """Near-duplicate detection on Spark: signatures -> buckets -> verify -> clusters -> filter.
 
-- signatures: MinHash per document, batch-wise in ``mapInPandas`` (numpy over all shingles of an
-  Arrow batch, :mod:`phases.data.minhash`), emitted directly as (id, band, key) rows.
+- signatures: MinHash per document, batch-wise in ``mapInArrow`` (Arrow tokenization and numpy over
+  all shingles of a batch, :mod:`phases.data.minhash`), emitted directly as (id, band, key) rows.
 - buckets: documents sharing a band key are candidate pairs (a < b), deduplicated across bands.
 - verify: each candidate pair's exact Jaccard over the shingle sets, recomputed from both texts
-  (only documents that appear in a pair are shuffled). Pairs below the threshold are dropped
-  before clustering, so a chain of false candidates cannot merge unrelated documents.
-- clusters: connected components of the verified edges with the large-star / small-star
-  algorithm (Kiveris et al., 2014) on DataFrames: O(log^2 n) rounds, nothing collected to the driver.
+  (only documents that appear in a pair are shuffled; shingles as token tuples, exact). Pairs below
+  the threshold are dropped before clustering, so a chain of false candidates cannot merge unrelated
+  documents.
+- clusters: connected components of the verified edges: union-find on the driver when the edge set
+  is small (the usual case: one job), else the large-star / small-star algorithm (Kiveris et al.,
+  2014) on DataFrames: O(log^2 n) rounds, nothing collected to the driver.
 - filter: one document per cluster is kept: the smallest id (the cluster id).
 
+Input with fewer partitions than cores (one Parquet row group) is hash-partitioned by id first.
 Identical non-blank texts are first collapsed to their smallest id (an exact edge): a bucket of k
 identical copies would otherwise cost k^2/2 candidate pairs, and their Jaccard is 1 anyway.
 Everything is set-based (min, distinct), so the result does not depend on partitioning.
@@ -21,7 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from phases.data.minhash import HASHES, SCHEMES, Permutations, band_keys, jaccard, optimal_bands, shingle_hashes, shingles, signatures_from_hashes
+from phases.data.minhash import (HASHES, SCHEMES, Permutations, band_keys, jaccard, optimal_bands, shingle_hashes, shingle_tuples,
+                                 signatures_from_hashes)
 
 BAND_SCHEMA = "id string, band int, key long"
 # Id sets up to this size are broadcast: joining them to the documents then moves no text.
@@ -87,6 +91,35 @@ def band_rows(params: NearDedupParams):
     return run
 
 
+def _arrow_band_rows(params: NearDedupParams):
+    """mapInArrow twin of :func:`band_rows` (same rows): no pandas round trip of the texts."""
+    bands, rows = params.banding()
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pyarrow as pa
+
+        perms = Permutations(params.num_perm, params.seed, params.scheme)
+        for rb in batches:
+            text = rb.column(rb.schema.get_field_index("text"))
+            if params.hashing == "token":
+                hv, counts = shingle_hashes(text, params.ngram, "token")
+            else:
+                hv, counts = shingle_hashes([t or "" for t in text.to_pylist()], params.ngram, params.hashing)
+            keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
+            has = np.flatnonzero(counts > 0)
+            ids = rb.column(rb.schema.get_field_index("id")).take(pa.array(np.repeat(has, bands)))
+            yield pa.RecordBatch.from_arrays(
+                [ids, pa.array(np.tile(np.arange(bands, dtype=np.int32), len(has))), pa.array(keys[has].ravel())],
+                schema=pa.schema([("id", pa.string()), ("band", pa.int32()), ("key", pa.int64())]))
+
+    return run
+
+
+def _bands(docs, params: NearDedupParams):
+    return docs.select("id", "text").mapInArrow(_arrow_band_rows(params), BAND_SCHEMA)
+
+
 def verify_pairs(ngram: int):
     """mapInPandas function: (a, b, ta, tb) -> (a, b, exact Jaccard of the shingle sets)."""
 
@@ -98,7 +131,7 @@ def verify_pairs(ngram: int):
 
             def sh(i, t):
                 if i not in cache:
-                    cache[i] = shingles(t or "", ngram)
+                    cache[i] = shingle_tuples(t or "", ngram)
                 return cache[i]
 
             sims = [jaccard(sh(a, ta), sh(b, tb)) for a, b, ta, tb in zip(pdf.a, pdf.b, pdf.ta, pdf.tb)]
@@ -124,12 +157,14 @@ def candidate_pairs(bands, new_ids=None):
 
     shared = bands.groupBy("band", "key").count().where("count > 1").drop("count")
     members = bands.join(shared, ["band", "key"], "left_semi")
-    x, y = members.alias("x"), members.alias("y")
-    pairs = x.join(y, (F.col("x.band") == F.col("y.band")) & (F.col("x.key") == F.col("y.key")) & (F.col("x.id") < F.col("y.id")))
-    pairs = pairs.select(F.col("x.id").alias("a"), F.col("y.id").alias("b"))
+    cond = (F.col("x.band") == F.col("y.band")) & (F.col("x.key") == F.col("y.key")) & (F.col("x.id") < F.col("y.id"))
     if new_ids is not None:
-        pairs = pairs.join(new_ids.withColumnRenamed("id", "a"), "a", "left_semi").unionByName(
-            pairs.join(new_ids.withColumnRenamed("id", "b"), "b", "left_semi"))
+        # A flag on the (few) bucket members instead of filtering the pairs twice: the pair plan runs once.
+        fresh = new_ids.select("id").distinct().withColumn("fresh", F.lit(True))
+        members = members.join(fresh, "id", "left").withColumn("fresh", F.coalesce("fresh", F.lit(False)))
+        cond = cond & (F.col("x.fresh") | F.col("y.fresh"))
+    x, y = members.alias("x"), members.alias("y")
+    pairs = x.join(y, cond).select(F.col("x.id").alias("a"), F.col("y.id").alias("b"))
     return pairs.distinct()
 
 
@@ -140,10 +175,65 @@ def small_ids(ids):
     return F.broadcast(ids) if ids.count() <= BROADCAST_IDS else ids
 
 
+# Candidate pair sets up to this size are verified group-wise (see verified_pairs); larger ones by joins.
+GROUPED_VERIFY_PAIRS = 1_000_000
+# ... unless a group of candidates linked by pairs is larger than this (one task would hold all its texts).
+GROUPED_VERIFY_MAX_GROUP = 20_000
+
+
+def _verify_groups(group_pairs: dict, ngram: int):
+    """mapInArrow function: (id, text, g) rows, all of a group in one partition -> (a, b, jaccard)."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        texts: dict[str, str] = {}
+        for rb in batches:
+            for i, t in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()):
+                texts[i] = t or ""
+        groups = sorted({g for g in group_pairs if any(a in texts for a, _ in group_pairs[g][:1])})
+        a_out, b_out, j_out = [], [], []
+        for g in groups:
+            sets: dict[str, set] = {}  # one group's shingle sets at a time: memory follows the largest group
+            for a, b in group_pairs[g]:
+                for i in (a, b):
+                    if i not in sets:
+                        sets[i] = shingle_tuples(texts[i], ngram)
+                a_out.append(a)
+                b_out.append(b)
+                j_out.append(jaccard(sets[a], sets[b]))
+        yield pa.RecordBatch.from_arrays([pa.array(a_out, pa.string()), pa.array(b_out, pa.string()), pa.array(j_out, pa.float64())],
+                                         names=["a", "b", "jaccard"])
+
+    return run
+
+
 def verified_pairs(pairs, texts, params: NearDedupParams):
-    """Candidate pairs whose exact Jaccard reaches the threshold, with that Jaccard."""
+    """Candidate pairs whose exact Jaccard reaches the threshold, with that Jaccard.
+
+    Up to :data:`GROUPED_VERIFY_PAIRS` pairs: the pairs are collected, grouped on the driver (connected
+    components of the candidate graph), each needed text is shuffled once to its group's partition, and
+    each document's shingle set is built once. Otherwise both texts are joined to every pair.
+    """
     from pyspark.sql import functions as F
 
+    rows = [(r[0], r[1]) for r in pairs.select("a", "b").limit(GROUPED_VERIFY_PAIRS + 1).collect()]
+    if len(rows) <= GROUPED_VERIFY_PAIRS:
+        group = _union_find(rows)
+        group_pairs: dict[str, list] = {}
+        for a, b in sorted(rows):
+            group_pairs.setdefault(group[a], []).append((a, b))
+        sizes: dict[str, int] = {}
+        for g in group.values():
+            sizes[g] = sizes.get(g, 0) + 1
+        if max(sizes.values(), default=0) <= GROUPED_VERIFY_MAX_GROUP:
+            spark = pairs.sparkSession
+            if not rows:
+                return spark.createDataFrame([], PAIR_SCHEMA)
+            gdf = spark.createDataFrame(sorted(group.items()), "id string, g string")
+            parts = max(2 * spark.sparkContext.defaultParallelism, len(group) // 20_000)
+            needed = texts.join(F.broadcast(gdf), "id").select("id", "text", "g").repartition(parts, "g")
+            return needed.mapInArrow(_verify_groups(group_pairs, params.ngram), PAIR_SCHEMA).where(F.col("jaccard") >= params.threshold)
     ids = pairs.select(F.col("a").alias("id")).unionByName(pairs.select(F.col("b").alias("id"))).distinct().localCheckpoint()
     needed = texts.join(small_ids(ids), "id", "left_semi")
     joined = (pairs.join(needed.select(F.col("id").alias("a"), F.col("text").alias("ta")), "a")
@@ -191,10 +281,52 @@ def _is_star_forest(e) -> bool:
     return leaves.where("count > 1").select("b").unionByName(centres_as_leaves).limit(1).count() == 0
 
 
-def connected_components(edges, max_rounds: int = 64):
-    """(id, label) for every node of ``edges`` (columns a, b): label = the smallest node of its component."""
+# Edge sets up to this size are labelled on the driver (union-find over collected edges: one Spark job
+# instead of 2-3 per large-star/small-star round); 2M string pairs are ~0.5 GB of Python objects at most.
+DRIVER_COMPONENTS_EDGES = 2_000_000
+
+
+def _union_find(rows) -> dict[str, str]:
+    """id -> the smallest id of its component over the edges ``rows`` (order-independent)."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in rows:
+        parent.setdefault(a, a)
+        parent.setdefault(b, b)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            if rb < ra:
+                ra, rb = rb, ra
+            parent[rb] = ra
+    return {x: find(x) for x in parent}
+
+
+def _driver_components(spark, rows):
+    """(id, label) rows by union-find; label = the smallest id of each component."""
+    return spark.createDataFrame(sorted(_union_find(rows).items()), "id string, label string")
+
+
+def connected_components(edges, max_rounds: int = 64, driver_max_edges: int | None = None):
+    """(id, label) for every node of ``edges`` (columns a, b): label = the smallest node of its component.
+
+    Up to ``driver_max_edges`` edges (default :data:`DRIVER_COMPONENTS_EDGES`) are collected and
+    labelled on the driver; larger edge sets run large-star / small-star rounds on Spark.
+    """
     from pyspark.sql import functions as F
 
+    limit = DRIVER_COMPONENTS_EDGES if driver_max_edges is None else driver_max_edges
+    if limit > 0:
+        rows = edges.select(F.col("a").cast("string"), F.col("b").cast("string")).limit(limit + 1).collect()
+        if len(rows) <= limit:
+            return _driver_components(edges.sparkSession, rows)
     e = _canonical(edges, "a", "b").localCheckpoint()
     for _ in range(max_rounds):
         if _is_star_forest(e):
@@ -207,6 +339,18 @@ def connected_components(edges, max_rounds: int = 64):
     return e.select(F.col("b").alias("id"), F.col("a").alias("label")).unionByName(roots)
 
 
+def _spread(docs):
+    """``docs`` hash-partitioned by id when it has fewer partitions than cores (e.g. one Parquet row
+    group): otherwise every stage after it runs on one core."""
+    try:
+        cores = docs.sparkSession.sparkContext.defaultParallelism
+        if docs.rdd.getNumPartitions() < cores:
+            return docs.repartition(2 * cores, "id")
+    except Exception:  # no RDD API (Spark Connect): leave the partitioning to Spark
+        pass
+    return docs
+
+
 def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_edges: bool = False):
     """(clusters, stats): clusters has one row per input document (id, cluster_id, kept).
 
@@ -215,11 +359,11 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
     """
     from pyspark.sql import functions as F
 
-    docs = docs.select(F.col("id").cast("string"), F.col("text").cast("string")).persist()
+    docs = _spread(docs.select(F.col("id").cast("string"), F.col("text").cast("string"))).persist()
     exact = exact_groups(docs).localCheckpoint()
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
     # Materialized once: candidate_pairs reads the bands twice (bucket sizes, members).
-    bands = reps.mapInPandas(band_rows(params), BAND_SCHEMA).localCheckpoint()
+    bands = _bands(reps, params).localCheckpoint()
     # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
     # (deep plans made Spark spend more time planning and describing queries than running them).
     pairs = candidate_pairs(bands).localCheckpoint()
@@ -282,10 +426,10 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
 
     _check_index_params(index_dir, params)
     gens = _generations(index_dir)
-    docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string")).persist()
+    docs = _spread(new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))).persist()
     exact = exact_groups(docs).localCheckpoint()
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
-    new_bands = bands = reps.mapInPandas(band_rows(params), BAND_SCHEMA).persist()
+    new_bands = bands = _bands(reps, params).persist()
     old = spark.createDataFrame([], "id string, cluster_id string, text string")
     texts = reps
     if gens:
@@ -293,7 +437,8 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
         if docs.join(old, "id", "left_semi").limit(1).count():
             raise ValueError("new documents reuse ids already in the index; ids must be unique across batches")
         old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
-        bands = bands.unionByName(old_bands.select("id", "band", "key"))
+        # Materialized once: candidate_pairs reads the bands twice (bucket sizes, members).
+        bands = bands.unionByName(old_bands.select("id", "band", "key")).localCheckpoint()
         texts = reps.unionByName(old.select("id", "text"))
     pairs = candidate_pairs(bands, new_ids=reps.select("id")).localCheckpoint()
     verified = verified_pairs(pairs, texts, params).localCheckpoint()
@@ -310,10 +455,11 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
                 .select("id", F.expr("substring(label, 2)").alias("cluster_id"), (F.col("label") == F.concat(F.lit("1"), "id")).alias("kept"))
                 .persist())
     old_labels = labels.where(F.col("label").startswith("0")).where(F.col("id").startswith("0")).where("id != label")
+    totals = clusters.agg(F.count("*").alias("docs"), F.count(F.when(~F.col("kept"), 1)).alias("removed")).first()
     stats = {
-        "docs": clusters.count(), "indexed_generations": len(gens),
+        "docs": totals["docs"], "indexed_generations": len(gens),
         "candidate_pairs": pairs.count(), "verified_pairs": verified.count(),
-        "removed": clusters.where(~F.col("kept")).count(), "bridged_clusters": old_labels.count(),
+        "removed": totals["removed"], "bridged_clusters": old_labels.count(),
     }
     for df in (new_bands, docs):
         df.unpersist()
@@ -337,7 +483,7 @@ def update_index(spark, index_dir, new_docs, clusters, params: NearDedupParams =
     shutil.rmtree(tmp, ignore_errors=True)
     docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))
     reps = docs.join(exact_groups(docs).select("id"), "id", "left_anti")
-    reps.mapInPandas(band_rows(params), BAND_SCHEMA).write.parquet(str(tmp / "bands"))
+    _bands(reps, params).write.parquet(str(tmp / "bands"))
     docs.join(clusters.select("id", "cluster_id"), "id").select("id", "cluster_id", "text").write.parquet(str(tmp / "docs"))
     (root / "params.json").write_text(json.dumps(asdict(params), sort_keys=True))
     tmp.rename(root / name)

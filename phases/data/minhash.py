@@ -52,6 +52,21 @@ def shingles(text: str, ngram: int) -> set[bytes]:
     return {" ".join(tk[i:i + ngram]).encode("utf-8") for i in range(len(tk) - ngram + 1)}
 
 
+def shingle_tuples(text: str, ngram: int) -> set[tuple[str, ...]]:
+    """The shingles of ``text`` as token tuples: in one-to-one correspondence with :func:`shingles`.
+
+    Tokens hold no whitespace, so joining a tuple with one space is injective (and a shorter tuple
+    never equals a full one): Jaccard over these sets equals Jaccard over :func:`shingles`, exactly.
+    Built by ``zip`` in C, ~4x faster than joining and encoding every shingle.
+    """
+    tk = tokens(text)
+    if not tk:
+        return set()
+    if len(tk) < ngram:
+        return {tuple(tk)}
+    return set(zip(*[tk[i:] for i in range(ngram)]))
+
+
 def jaccard(a: set, b: set) -> float:
     """Exact Jaccard similarity; two empty sets count as 0 (an empty text duplicates nothing)."""
     if not a or not b:
@@ -150,10 +165,8 @@ def _combine(token_hashes: np.ndarray, n: int) -> np.ndarray:
     return (_fmix64(h + _U64(n)) >> _U64(32)).astype(np.uint32)
 
 
-def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token-mode shingle hashes of a batch: (hashes, per-doc counts), computed on the whole batch."""
-    import xxhash
-
+def _token_ids_python(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(distinct tokens, token index per occurrence, tokens per text) with ``str.lower().split()``."""
     vocab: dict[str, int] = {}
     ids: list[int] = []
     lengths = np.zeros(len(texts), dtype=np.int64)
@@ -161,22 +174,85 @@ def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.
         tk = tokens(t)
         lengths[i] = len(tk)
         ids.extend([vocab.setdefault(w, len(vocab)) for w in tk])
-    th = np.array([xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[np.array(ids, dtype=np.int64)]
+    return list(vocab), np.array(ids, dtype=np.int64), lengths
+
+
+def _token_ids_arrow(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """As :func:`_token_ids_python` for ASCII texts, tokenized and dictionary-encoded in Arrow (C++).
+
+    For ASCII, Arrow's ``ascii_lower`` and ``utf8_split_whitespace`` equal Python's ``lower`` and
+    ``split`` (all 128 code points checked in the tests); non-ASCII texts take the Python path.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, type=pa.string())
+    split = pc.utf8_split_whitespace(pc.ascii_lower(arr))
+    if isinstance(split, pa.ChunkedArray):
+        split = split.combine_chunks()
+    per_text = np.diff(split.offsets.to_numpy(zero_copy_only=False).astype(np.int64))
+    flat = split.flatten()
+    # Arrow keeps empty strings around leading/trailing/blank runs; Python's split() drops them.
+    nonempty = pc.greater(pc.binary_length(flat), 0)
+    keep = np.asarray(nonempty.to_numpy(zero_copy_only=False), dtype=bool)
+    lengths = np.bincount(np.repeat(np.arange(len(per_text)), per_text)[keep], minlength=len(per_text)).astype(np.int64)
+    enc = pc.dictionary_encode(flat.filter(nonempty))
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), lengths
+
+
+def _windows(th: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes of each document's token hashes ``th`` (concatenated, ``lengths`` per document)."""
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    out, counts = [], np.zeros(len(texts), dtype=np.int64)
     # Windows are computed over the whole batch, then those crossing a document end are dropped.
-    full = _combine(th, ngram) if len(th) >= ngram else np.zeros(0, np.uint32)
-    for i in range(len(texts)):
-        if lengths[i] >= ngram:
-            seg = full[starts[i]:ends[i] - ngram + 1]
-        elif lengths[i]:
-            seg = _combine(th[starts[i]:ends[i]], int(lengths[i]))
-        else:
-            seg = full[:0]
-        out.append(seg)
-        counts[i] = len(seg)
-    return (np.concatenate(out) if out else np.zeros(0, np.uint32)), counts
+    if len(th) >= ngram:
+        full = _combine(th, ngram)
+        doc = np.repeat(np.arange(len(lengths)), lengths)[:len(full)]
+        hv = full[np.arange(len(full)) + ngram <= ends[doc]]
+    else:
+        hv = np.zeros(0, np.uint32)
+    counts = np.maximum(lengths - ngram + 1, 0)
+    short = np.flatnonzero((lengths > 0) & (lengths < ngram))
+    if len(short):  # a text shorter than one n-gram has one shingle: all its tokens
+        at = (np.cumsum(counts) - counts)[short]
+        vals = np.concatenate([_combine(th[starts[i]:ends[i]], int(lengths[i])) for i in short])
+        hv = np.insert(hv, at, vals)
+        counts[short] = 1
+    return hv, counts
+
+
+def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-mode shingle hashes of a batch: (hashes, per-doc counts), computed on the whole batch."""
+    import xxhash
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
+    arr = pc.fill_null(arr, "")
+    ascii_ = np.asarray(pc.string_is_ascii(arr).to_numpy(zero_copy_only=False), dtype=bool)
+    order = np.concatenate([np.flatnonzero(ascii_), np.flatnonzero(~ascii_)])
+    parts = []
+    if ascii_.any():
+        parts.append(_token_ids_arrow(arr if ascii_.all() else arr.take(pa.array(order[:ascii_.sum()]))))
+    if not ascii_.all():
+        parts.append(_token_ids_python(arr.take(pa.array(order[ascii_.sum():])).to_pylist()))
+    xx = xxhash.xxh3_64_intdigest
+    th = np.concatenate([np.array([xx(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids] if len(ids) else np.zeros(0, np.uint64)
+                         for vocab, ids, _ in parts])
+    lengths = np.concatenate([ln for _, _, ln in parts])
+    hv, counts = _windows(th, lengths, ngram)
+    if ascii_.all() or not ascii_.any():
+        return hv, counts
+    # Back to the input order: gather each document's segment.
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    seg_start = np.cumsum(counts) - counts
+    out_counts = counts[inv]
+    idx = np.repeat(seg_start[inv] - (np.cumsum(out_counts) - out_counts), out_counts) + np.arange(out_counts.sum())
+    return hv[idx], out_counts
 
 
 def shingle_hashes(texts: Sequence[str], ngram: int, hashing: str = "sha1") -> tuple[np.ndarray, np.ndarray]:

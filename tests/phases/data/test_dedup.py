@@ -91,9 +91,10 @@ def test_same_clusters_across_partitions_and_runs(spark, corpus):
 def test_connected_components_of_a_long_chain(spark):
     chain = [(f"n{i:02d}", f"n{i + 1:02d}") for i in range(0, 24)]  # one path of 25 nodes
     edges = spark.createDataFrame(chain[::-1] + [("x", "y"), ("z", "y")], "a string, b string")
-    labels = dict(connected_components(edges).collect())
-    assert {k: v for k, v in labels.items() if k.startswith("n")} == {f"n{i:02d}": "n00" for i in range(25)}
-    assert labels["x"] == labels["y"] == labels["z"] == "x"
+    for driver_max_edges in (None, 0):  # union-find on the driver, then large-star / small-star on Spark
+        labels = dict(connected_components(edges, driver_max_edges=driver_max_edges).collect())
+        assert {k: v for k, v in labels.items() if k.startswith("n")} == {f"n{i:02d}": "n00" for i in range(25)}
+        assert labels["x"] == labels["y"] == labels["z"] == "x"
 
 
 def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp_path):
@@ -135,3 +136,12 @@ def test_run_dedup_writes_outputs(spark, corpus, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     with pytest.raises(Exception, match="already exists"):
         run_dedup([str(src)], str(tmp_path / "out"), spark=spark)
+
+
+def test_join_verification_agrees_with_grouped_verification(spark, corpus, monkeypatch):
+    from phases.data import dedup
+
+    grouped, stats = _clusters(spark, corpus)
+    monkeypatch.setattr(dedup, "GROUPED_VERIFY_PAIRS", 0)  # every pair set takes the join path
+    joined, stats2 = _clusters(spark, corpus)
+    assert joined == grouped and stats2["verified_pairs"] == stats["verified_pairs"]

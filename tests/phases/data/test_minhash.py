@@ -85,3 +85,21 @@ def test_band_keys_equal_iff_band_equal():
     sig2[1, 3] ^= 1  # one value of band 1 changes: only that band's key changes
     k2 = band_keys(sig2, 4, 2)
     assert [bool(x) for x in (k2[0] == k2[1])] == [True, False, True, True]
+
+
+def test_token_hashing_arrow_path_equals_python_tokenization():
+    """ASCII texts are tokenized in Arrow, others in Python: both must split and lowercase as str.lower().split()."""
+    import xxhash
+
+    from phases.data import minhash
+
+    rng = random.Random(4)
+    ascii_chars = [chr(i) for i in range(128)]
+    texts = ["".join(rng.choice(ascii_chars + ["ab", "Cd", " "] * 8) for _ in range(rng.randint(0, 80))) for _ in range(200)]
+    texts += _texts(50, 9) + ["", " ", "  lead and trail  ", "\x1cfs\x1fus\x0bvt"]
+    rng.shuffle(texts)  # ASCII and non-ASCII documents interleaved in one batch
+    hv, counts = minhash._token_doc_hashes(texts, 3)
+    vocab, ids, lengths = minhash._token_ids_python(texts)
+    th = np.array([xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids]
+    ref_hv, ref_counts = minhash._windows(th, lengths, 3)
+    assert np.array_equal(counts, ref_counts) and np.array_equal(hv, ref_hv)
