@@ -164,6 +164,9 @@ class PretrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (fp32 on CPU).")
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel: sdpa (torch's scaled_dot_product_attention, which runs the flash "
+                            "kernel on CUDA in bf16/fp16) or eager (plain matmuls and softmax).")
     num_gpus: int = Field(1, ge=1, description="Ranks per node (CPU processes when no GPU is present).")
     num_nodes: int = Field(1, ge=1, description="Nodes; >1 needs a hostfile.")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")

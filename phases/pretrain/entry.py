@@ -23,35 +23,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     spec = json.loads(parse_args(argv).args.read_text())
-    import deepspeed
     import deepspeed.comm as dist
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from phases.config import PretrainConfig
     from phases.metrics import NullSink, sink_from_env
-    from phases.pretrain import checkpoint, loop
-    from phases.pretrain.dsconfig import deepspeed_config
+    from phases.pretrain import checkpoint, loop, runtime
     from phases.pretrain.flops import flops_per_token
 
     cfg = PretrainConfig.model_validate(spec["pretrain"])
     model_dir, out = Path(spec["model_dir"]), Path(spec["out"])
     _share_cpu_cores()
     _skip_shm_comm_build()
-    deepspeed.init_distributed()
+    runtime.init_distributed()  # nccl on CUDA, gloo on CPU
     rank, world = dist.get_rank(), dist.get_world_size()
 
     _seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
     meta = json.loads((model_dir / "packed.json").read_text())
     arch = json.loads((model_dir / "model_config.json").read_text())
-    model = LlamaForCausalLM(LlamaConfig.from_dict(arch))
-    if cfg.activation_checkpointing:
-        # Non-reentrant: the reentrant variant needs inputs that require grad and warns on ints.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    engine, *_ = deepspeed.initialize(
-        model=model,
-        model_parameters=loop.param_groups(model, cfg.weight_decay),
-        config=deepspeed_config(cfg, world),
-    )
+    engine = runtime.build_engine(cfg, arch, world)  # the weights are drawn here
+    facts = runtime.describe(engine)  # device, backend, dtypes, attention kernel: into the summary
+    if rank == 0:
+        _print0("runtime: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     plan = spec["checkpoint"]
     state = checkpoint.restore(engine, plan, rank)  # before the first step: weights, optimizer, RNG, position
     if state.resumed_from and rank == 0:
@@ -65,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = loop.train(engine, train_data, val_data, cfg, sink, meta.get("pad_id"), keep_ids, dist, log=_print0,
                          state=state, on_step=checkpoint.Saver(engine, cfg, plan, dist),
                          flops_per_token=flops_per_token(arch, train_data.seq_len))
+    summary.update(facts)
     loop.save(engine, out, model_dir / "tokenizer", summary, dist)
     dist.destroy_process_group()
 

@@ -215,7 +215,10 @@ def train(engine, train_data, val_data, cfg: PretrainConfig, sink, pad_id, keep_
             on_step(state)
     if on_step is not None:
         on_step(state, final=True)
-    return _summary(state, cfg, tokens_per_step, world, engine.train_batch_size(), session_steps, session_time)
+    summary = _summary(state, cfg, tokens_per_step, world, engine.train_batch_size(), session_steps, session_time)
+    # Over this attempt's steps, the first (allocator warm-up, kernel selection) included.
+    summary["mfu"] = mfu(summary["tokens_per_s"], flops_per_token, peak, world) if flops_per_token else None
+    return summary
 
 
 def _summary(state: RunState, cfg: PretrainConfig, tokens_per_step: int, world: int, global_batch: int,

@@ -64,6 +64,9 @@ def test_one_rank_trains_and_reports(one_rank_run):
     assert summary["first_loss"] == losses[0] and summary["final_loss"] == losses[-1]
     assert summary["val_perplexity"] == pytest.approx(2.718281828 ** summary["val_loss"], rel=1e-6)
     assert summary["tokens_per_s"] > 0
+    # What the rank ran on (phases/pretrain/runtime.py): the CPU path, and no MFU without a peak.
+    assert (summary["device"], summary["dist_backend"], summary["param_dtype"]) == ("cpu", "gloo", "float32")
+    assert summary["attn_implementation"] == "sdpa" and summary["mfu"] is None
     # Progress reached the logger line by line (what the Prefect logs show).
     assert sum(line.startswith("step ") for line in log_lines) == STEPS
     # metrics.jsonl has one record per step.
