@@ -12,7 +12,8 @@
   2014) on DataFrames: O(log^2 n) rounds, nothing collected to the driver.
 - filter: one document per cluster is kept: the smallest id (the cluster id).
 
-Input with fewer partitions than cores (one Parquet row group) is hash-partitioned by id first.
+Input with fewer partitions than cores (one Parquet row group) is hash-partitioned by id first and
+cached (unless the caller passes a cached DataFrame).
 Identical non-blank texts are first collapsed to their smallest id (an exact edge): a bucket of k
 identical copies would otherwise cost k^2/2 candidate pairs, and their Jaccard is 1 anyway.
 Everything is set-based (min, distinct), so the result does not depend on partitioning.
@@ -21,11 +22,15 @@ Document ids must be unique.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from phases.data.minhash import (HASHES, SCHEMES, Permutations, band_keys, jaccard, optimal_bands, shingle_hashes, shingle_tuples,
-                                 signatures_from_hashes)
+                                 signatures_from_hashes, text_lengths, text_slices)
+
+log = logging.getLogger("lifecycle.data.dedup")
 
 BAND_SCHEMA = "id string, band int, key long"
 # Id sets up to this size are broadcast: joining them to the documents then moves no text.
@@ -95,23 +100,27 @@ def _arrow_band_rows(params: NearDedupParams):
     """mapInArrow twin of :func:`band_rows` (same rows): no pandas round trip of the texts."""
     bands, rows = params.banding()
 
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
+    def one(rb, perms):
         import numpy as np
         import pyarrow as pa
 
+        text = rb.column(rb.schema.get_field_index("text"))
+        if params.hashing == "token":
+            hv, counts = shingle_hashes(text, params.ngram, "token")
+        else:
+            hv, counts = shingle_hashes([t or "" for t in text.to_pylist()], params.ngram, params.hashing)
+        keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
+        has = np.flatnonzero(counts > 0)
+        ids = rb.column(rb.schema.get_field_index("id")).take(pa.array(np.repeat(has, bands)))
+        return pa.RecordBatch.from_arrays(
+            [ids, pa.array(np.tile(np.arange(bands, dtype=np.int32), len(has))), pa.array(keys[has].ravel())],
+            schema=pa.schema([("id", pa.string()), ("band", pa.int32()), ("key", pa.int64())]))
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
         perms = Permutations(params.num_perm, params.seed, params.scheme)
-        for rb in batches:
-            text = rb.column(rb.schema.get_field_index("text"))
-            if params.hashing == "token":
-                hv, counts = shingle_hashes(text, params.ngram, "token")
-            else:
-                hv, counts = shingle_hashes([t or "" for t in text.to_pylist()], params.ngram, params.hashing)
-            keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
-            has = np.flatnonzero(counts > 0)
-            ids = rb.column(rb.schema.get_field_index("id")).take(pa.array(np.repeat(has, bands)))
-            yield pa.RecordBatch.from_arrays(
-                [ids, pa.array(np.tile(np.arange(bands, dtype=np.int32), len(has))), pa.array(keys[has].ravel())],
-                schema=pa.schema([("id", pa.string()), ("band", pa.int32()), ("key", pa.int64())]))
+        for whole in batches:  # Spark's Arrow batches (10,000 rows) are hashed in slices of ~4 MB of text
+            for start, stop in text_slices(text_lengths(whole.column(whole.schema.get_field_index("text")))):
+                yield one(whole.slice(start, stop - start), perms)
 
     return run
 
@@ -151,21 +160,81 @@ def exact_groups(docs):
     return nonblank.join(reps, "sha").where("id != rep").select("id", "rep")
 
 
-def candidate_pairs(bands, new_ids=None):
-    """Distinct (a, b), a < b, of documents sharing a band key; with ``new_ids``, only pairs touching them."""
-    from pyspark.sql import functions as F
+def _bucket_pairs(band, key, fresh=None):
+    """(a, b) index pairs, a < b, of rows in the same bucket; rows sorted by (band, key, id)."""
+    import numpy as np
 
-    shared = bands.groupBy("band", "key").count().where("count > 1").drop("count")
-    members = bands.join(shared, ["band", "key"], "left_semi")
-    cond = (F.col("x.band") == F.col("y.band")) & (F.col("x.key") == F.col("y.key")) & (F.col("x.id") < F.col("y.id"))
-    if new_ids is not None:
-        # A flag on the (few) bucket members instead of filtering the pairs twice: the pair plan runs once.
-        fresh = new_ids.select("id").distinct().withColumn("fresh", F.lit(True))
-        members = members.join(fresh, "id", "left").withColumn("fresh", F.coalesce("fresh", F.lit(False)))
-        cond = cond & (F.col("x.fresh") | F.col("y.fresh"))
-    x, y = members.alias("x"), members.alias("y")
-    pairs = x.join(y, cond).select(F.col("x.id").alias("a"), F.col("y.id").alias("b"))
-    return pairs.distinct()
+    n = len(band)
+    starts = np.r_[0, np.flatnonzero((band[1:] != band[:-1]) | (key[1:] != key[:-1])) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    a_parts, b_parts = [], []
+    for size in np.unique(sizes[sizes > 1]):  # all buckets of one size at once
+        i, j = np.triu_indices(int(size), 1)
+        first = starts[sizes == size][:, None]
+        a_parts.append((first + i).ravel())
+        b_parts.append((first + j).ravel())
+    if not a_parts:
+        return None
+    a, b = np.concatenate(a_parts), np.concatenate(b_parts)
+    if fresh is not None:  # incremental: only pairs with a new document
+        keep = fresh[a] | fresh[b]
+        a, b = a[keep], b[keep]
+    return a, b
+
+
+def _bucket_pairs_fn():
+    """mapInArrow function over band rows sorted by (band, key, id) within partitions, each bucket in
+    one partition: the (a, b) pairs of every bucket. Streams: only the bucket that straddles two
+    batches is carried over, so memory follows the largest bucket, not the partition."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pyarrow as pa
+
+        carry = None
+        for rb in batches:
+            t = pa.Table.from_batches([rb])
+            t = t if carry is None else pa.concat_tables([carry, t])
+            if t.num_rows == 0:
+                continue
+            band = t.column("band").to_numpy()
+            key = t.column("key").to_numpy()
+            last = np.flatnonzero((band[1:] != band[:-1]) | (key[1:] != key[:-1]))
+            cut = int(last[-1]) + 1 if len(last) else 0  # the last bucket may go on in the next batch
+            carry = t.slice(cut)
+            if cut:
+                out = _emit_pairs(t.slice(0, cut))
+                if out is not None:
+                    yield out
+        if carry is not None and carry.num_rows:
+            out = _emit_pairs(carry)
+            if out is not None:
+                yield out
+
+    return run
+
+
+def _emit_pairs(t):
+    import pyarrow as pa
+
+    fresh = t.column("fresh").combine_chunks().to_numpy(zero_copy_only=False) if "fresh" in t.column_names else None
+    ab = _bucket_pairs(t.column("band").to_numpy(), t.column("key").to_numpy(), fresh)
+    if ab is None:
+        return None
+    ids = t.column("id").combine_chunks()
+    return pa.RecordBatch.from_arrays([ids.take(pa.array(ab[0])), ids.take(pa.array(ab[1]))], names=["a", "b"])
+
+
+def candidate_pairs(bands):
+    """Distinct (a, b), a < b, of documents sharing a band key.
+
+    One shuffle of the band rows by bucket, sorted within partitions (Spark's external sort: spills,
+    no partition held in memory), then each bucket's pairs in numpy; the pairs (few) are deduplicated
+    across bands. With a boolean ``fresh`` column (incremental mode), only pairs touching a fresh row.
+    """
+    cols = ["id", "band", "key"] + (["fresh"] if "fresh" in bands.columns else [])
+    ordered = bands.select(*cols).repartition("band", "key").sortWithinPartitions("band", "key", "id")
+    return ordered.mapInArrow(_bucket_pairs_fn(), "a string, b string").distinct()
 
 
 def small_ids(ids):
@@ -339,7 +408,25 @@ def connected_components(edges, max_rounds: int = 64, driver_max_edges: int | No
     return e.select(F.col("b").alias("id"), F.col("a").alias("label")).unionByName(roots)
 
 
-def _spread(docs):
+class _Stages:
+    """Seconds per stage (each stage ends in an action), logged as progress and kept for the stats."""
+
+    def __init__(self, what: str):
+        self.what, self.seconds, self._t = what, {}, time.perf_counter()
+
+    def done(self, stage: str, df=None):
+        """Marks ``stage`` finished (after materializing ``df`` when given); returns ``df``."""
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._t, 2)
+        self._t = now
+        log.info("%s: %s done in %.1f s", self.what, stage, self.seconds[stage])
+        return df
+
+    def stats(self) -> dict[str, float]:
+        return {f"seconds_{k}": v for k, v in self.seconds.items()}
+
+
+def spread(docs):
     """``docs`` hash-partitioned by id when it has fewer partitions than cores (e.g. one Parquet row
     group): otherwise every stage after it runs on one core."""
     try:
@@ -351,23 +438,40 @@ def _spread(docs):
     return docs
 
 
+def _cached_docs(docs):
+    """(id, text as strings, a cached DataFrame to unpersist when done or None).
+
+    A DataFrame the caller already cached (and spread) is used as it is, its other columns ignored:
+    the standalone command caches the records it also writes out, so the texts are read once.
+    """
+    from pyspark.sql import functions as F
+
+    level = docs.storageLevel
+    owned = None
+    if not (level.useMemory or level.useDisk):
+        docs = owned = spread(docs).persist()
+    types = dict(docs.dtypes)
+    cols = [F.col(c) if types[c] == "string" else F.col(c).cast("string").alias(c) for c in ("id", "text")]
+    return docs.select(*cols), owned
+
+
 def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_edges: bool = False):
     """(clusters, stats): clusters has one row per input document (id, cluster_id, kept).
 
-    ``docs`` needs string columns id (unique) and text. ``clusters`` is persisted; unpersist it when
+    ``docs`` needs columns id (unique) and text; others are ignored. ``clusters`` is persisted; unpersist it when
     done. ``with_edges`` adds a third item: the duplicate edges (a, b, jaccard; exact ones with 1.0).
     """
     from pyspark.sql import functions as F
 
-    docs = _spread(docs.select(F.col("id").cast("string"), F.col("text").cast("string"))).persist()
-    exact = exact_groups(docs).localCheckpoint()
+    t = _Stages("near-dedup")
+    docs, owned = _cached_docs(docs)
+    exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
-    # Materialized once: candidate_pairs reads the bands twice (bucket sizes, members).
-    bands = _bands(reps, params).localCheckpoint()
+    bands = t.done("signatures", _bands(reps, params).localCheckpoint())
     # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
     # (deep plans made Spark spend more time planning and describing queries than running them).
-    pairs = candidate_pairs(bands).localCheckpoint()
-    verified = verified_pairs(pairs, reps, params).localCheckpoint()
+    pairs = t.done("candidates", candidate_pairs(bands).localCheckpoint())
+    verified = t.done("verification", verified_pairs(pairs, reps, params).localCheckpoint())
     exact_edges = exact.select(F.col("rep").alias("a"), F.col("id").alias("b"), F.lit(1.0).alias("jaccard"))
     edges = verified.unionByName(exact_edges).localCheckpoint()
     labels = connected_components(edges)
@@ -377,6 +481,7 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
     b, r = params.banding()
     totals = clusters.agg(F.count("*").alias("docs"), F.count(F.when(~F.col("kept"), 1)).alias("removed"),
                           F.countDistinct(F.when(~F.col("kept"), F.col("cluster_id"))).alias("clusters")).first()
+    t.done("components")
     stats = {
         **totals.asDict(),
         "exact_duplicates": exact.count(),
@@ -384,7 +489,9 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
         "verified_pairs": verified.count(),
         "bands": b, "rows": r, **{f"param_{k}": v for k, v in asdict(params).items()},
     }
-    docs.unpersist()
+    stats.update(t.stats())
+    if owned is not None:
+        owned.unpersist()
     return (clusters, stats, edges) if with_edges else (clusters, stats)
 
 
@@ -426,22 +533,24 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
 
     _check_index_params(index_dir, params)
     gens = _generations(index_dir)
-    docs = _spread(new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))).persist()
-    exact = exact_groups(docs).localCheckpoint()
+    t = _Stages("near-dedup (incremental)")
+    docs, owned = _cached_docs(new_docs)
+    exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
-    new_bands = bands = _bands(reps, params).persist()
+    new_bands = _bands(reps, params).persist()
+    bands = new_bands.withColumn("fresh", F.lit(True))
     old = spark.createDataFrame([], "id string, cluster_id string, text string")
     texts = reps
     if gens:
         old = spark.read.parquet(*[str(g / "docs") for g in gens])
         if docs.join(old, "id", "left_semi").limit(1).count():
             raise ValueError("new documents reuse ids already in the index; ids must be unique across batches")
-        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
-        # Materialized once: candidate_pairs reads the bands twice (bucket sizes, members).
-        bands = bands.unionByName(old_bands.select("id", "band", "key")).localCheckpoint()
+        t.done("id_check")
+        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(new_bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
+        bands = bands.unionByName(old_bands.select("id", "band", "key").withColumn("fresh", F.lit(False)))
         texts = reps.unionByName(old.select("id", "text"))
-    pairs = candidate_pairs(bands, new_ids=reps.select("id")).localCheckpoint()
-    verified = verified_pairs(pairs, texts, params).localCheckpoint()
+    pairs = t.done("signatures_and_candidates", candidate_pairs(bands).localCheckpoint())
+    verified = t.done("verification", verified_pairs(pairs, texts, params).localCheckpoint())
     ids = verified.select(F.col("a").alias("id")).unionByName(verified.select(F.col("b").alias("id"))).distinct()
     # Graph nodes: "0"+cluster for an indexed document (its whole stored cluster), "1"+id for a new one.
     nodes = (ids.join(old.select("id", "cluster_id"), "id", "left")
@@ -461,8 +570,11 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
         "candidate_pairs": pairs.count(), "verified_pairs": verified.count(),
         "removed": totals["removed"], "bridged_clusters": old_labels.count(),
     }
-    for df in (new_bands, docs):
-        df.unpersist()
+    t.done("components")
+    stats.update(t.stats())
+    new_bands.unpersist()
+    if owned is not None:
+        owned.unpersist()
     return clusters, stats
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phases.data.dedup import NearDedupParams, near_dedup, near_dedup_incremental, small_ids, update_index
+from phases.data.dedup import NearDedupParams, _Stages, near_dedup, near_dedup_incremental, small_ids, spread, update_index
 from phases.errors import DataError
 
 
@@ -54,18 +54,23 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
+    t = _Stages("dedup")
     own = spark is None
     spark = spark_session(spark_master) if own else spark
+    t.done("spark_start")
     try:
-        records = _read(spark, inputs).withColumn("id", F.col("id").cast("string"))
+        # Spread over the cores and cached: the check, near-dedup and the kept output all read it.
+        records = spread(_read(spark, inputs).withColumn("id", F.col("id").cast("string"))).persist()
         dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
+        t.done("input_check")
         docs = records.select("id", "text")
         if index_dir:
-            clusters, stats = near_dedup_incremental(spark, docs, index_dir, params)
+            clusters, stats = near_dedup_incremental(spark, records, index_dir, params)
         else:
-            clusters, stats = near_dedup(spark, docs, params)
+            clusters, stats = near_dedup(spark, records, params)
+        t.done("near_dedup")
         clusters.coalesce(1).sortWithinPartitions("id").write.parquet(str(tmp / "_clusters"))
         parts = list((tmp / "_clusters").glob("part-*.parquet"))
         parts[0].rename(tmp / "clusters.parquet")
@@ -77,11 +82,15 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         for marker in (tmp / "kept").glob("_*"):
             marker.unlink()
         stats["kept"] = stats["docs"] - stats["removed"]
+        t.done("outputs")
         if index_dir:
             stats["index_generation"] = update_index(spark, index_dir, docs, clusters, params)
+            t.done("index_update")
+        stats.update(t.stats())
         stats["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
         clusters.unpersist()
+        records.unpersist()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -266,10 +266,46 @@ def shingle_hashes(texts: Sequence[str], ngram: int, hashing: str = "sha1") -> t
     return sha1_hashes(s for st in sets for s in st), counts
 
 
+# Texts are hashed in slices of about this many bytes: the vectorized hashing runs ~1.7x slower once a
+# slice's arrays outgrow the caches (measured: 9.7k docs/s per core in slices of 2,000 3.4 KB documents,
+# 5.8k in slices of 10,000, which is Spark's Arrow batch size).
+SLICE_TEXT_BYTES = 4 << 20
+
+
+def text_slices(lengths, max_bytes: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) ranges of texts with ``lengths`` of about ``max_bytes`` each (>= 1 text;
+    default :data:`SLICE_TEXT_BYTES`)."""
+    max_bytes = SLICE_TEXT_BYTES if max_bytes is None else max_bytes
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    out, start, n = [], 0, len(ends)
+    while start < n:
+        base = int(ends[start - 1]) if start else 0
+        stop = min(n, max(start + 1, int(np.searchsorted(ends, base + max_bytes, side="right"))))
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def text_lengths(texts) -> np.ndarray:
+    """Byte lengths (Arrow input) or character lengths (Python strings) of ``texts``; null/None = 0."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            return np.asarray(pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    except ImportError:  # pragma: no cover - pyarrow comes with pyspark
+        pass
+    return np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+
+
 def signatures(texts: Sequence[str], perms: Permutations, ngram: int, hashing: str = "sha1") -> np.ndarray:
     """(len(texts), num_perm) MinHash signatures; a text without shingles gets the empty value (max)."""
-    hv, counts = shingle_hashes(texts, ngram, hashing)
-    return signatures_from_hashes(hv, counts, perms)
+    parts = []
+    for start, stop in text_slices(text_lengths(texts)):
+        hv, counts = shingle_hashes(texts[start:stop], ngram, hashing)
+        parts.append(signatures_from_hashes(hv, counts, perms))
+    return np.concatenate(parts) if parts else np.full((0, perms.num_perm), np.iinfo(np.uint32).max, dtype=perms.dtype)
 
 
 def signatures_from_hashes(hv: np.ndarray, counts: np.ndarray, perms: Permutations) -> np.ndarray:

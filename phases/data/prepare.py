@@ -321,7 +321,7 @@ def remove_near_duplicates(spark, unique, cfg: DataConfig):
     nd = cfg.near_dedup
     params = NearDedupParams(threshold=nd.threshold, num_perm=nd.num_perm, ngram=nd.ngram, seed=nd.seed, fn_weight=nd.fn_weight, hashing=nd.hashing)
     log.info("data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s)", nd.num_perm, nd.ngram, nd.threshold, params.banding())
-    clusters, stats = near_dedup(spark, unique.select("id", "text"), params)
+    clusters, stats = near_dedup(spark, unique, params)  # cached: its texts are read from memory
     removed = clusters.where(~F.col("kept")).select("id", "cluster_id").persist()
     near = unique.join(removed, "id").select(
         "id", "source", "location", F.lit("dedup").alias("stage"), F.lit("near_duplicate").alias("reason"),

@@ -22,7 +22,7 @@ import pytest
 
 from phases.data.dedup import NearDedupParams, near_dedup, near_dedup_incremental, update_index
 from tests.benchmarks.dedup_corpus import synthetic_corpus
-from tests.benchmarks.test_dedup_quality import machine, versions
+from tests.benchmarks.test_dedup_quality import load, machine, versions
 
 INDEX_DOCS = int(os.environ.get("DEDUP_INC_INDEX_DOCS", "100000"))
 NEW_DOCS = int(os.environ.get("DEDUP_INC_NEW_DOCS", "10000"))
@@ -66,7 +66,7 @@ def test_dedup_incremental(tmp_path):
     equal = got == expected
     removed_vs_old = sum(1 for c, k in got.values() if not k and c < new[0][0])
     lines = [f"# Incremental near-dedup speed, {datetime.date.today().isoformat()}", "",
-             f"Machine: {machine()}. {versions()}.",
+             f"Machine: {machine()}. {versions()}. At the end: {load()}.",
              f"Corpus: synthetic_corpus({INDEX_DOCS + NEW_DOCS}, seed=1) sorted by id: the first {INDEX_DOCS} indexed, "
              f"the last {NEW_DOCS} new. ngram=5, num_perm=128, tau=0.8, hashing=token, Spark local[2], warm session.", "",
              "| measure | value | goal |", "|---|---|---|",

@@ -31,6 +31,11 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def load() -> str:
+    """The 1/5/15-minute load averages: other work on the cores shows here (a quiet 2-core machine: < 0.5)."""
+    return "load average {:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
+
+
 def versions() -> str:
     import datasketch
     import pyspark

@@ -19,7 +19,7 @@ import pytest
 from phases.data.dedup_cli import run_dedup
 from phases.data.minhash import Permutations, shingles, signatures
 from tests.benchmarks.dedup_corpus import synthetic_corpus
-from tests.benchmarks.test_dedup_quality import machine, versions
+from tests.benchmarks.test_dedup_quality import load, machine, versions
 
 DOCS = int(os.environ.get("DEDUP_SPEED_DOCS", "20000"))
 HASHINGS = os.environ.get("DEDUP_SPEED_HASHINGS", "sha1,token").split(",")
@@ -56,6 +56,7 @@ def test_dedup_speed(tmp_path):
     src = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), src)
     mb = sum(len(t) for _, t in rows) / 1e6
+    load_before = load()
     sample = [t for _, t in rows[:5000]]
     rates = {h: signature_rate(sample, h) for h in HASHINGS}
     ours = {}
@@ -65,8 +66,10 @@ def test_dedup_speed(tmp_path):
         ours[h] = (time.perf_counter() - t0, stats)
     base_s, base_pairs = datasketch_baseline(rows)
     scale = 100_000 / DOCS
+    # The issue states its goal on a machine where this baseline takes ~92 s: the same work scaled to it.
+    norm = 92.0 / (base_s * scale)
     lines = [f"# Near-dedup speed, {datetime.date.today().isoformat()}", "",
-             f"Machine: {machine()}. {versions()}. Another job shared the 2 cores during the run (same for both sides).",
+             f"Machine: {machine()}. {versions()}. At the start: {load_before}; at the end: {load()}.",
              f"Corpus: {DOCS} synthetic documents, {mb:.0f} MB (1-5 KB each, 30% near copies). ngram=5, num_perm=128, tau=0.8, "
              f"Spark local[2] (end to end: session start, Parquet read, signatures, buckets, verification, components, "
              f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.", "",
@@ -74,9 +77,13 @@ def test_dedup_speed(tmp_path):
              f"| datasketch baseline | {base_s:.1f} s ({base_pairs} candidate pairs) | {base_s * scale:.0f} s | reference ~92 s |"]
     for h, (secs, st) in ours.items():
         lines.append(f"| ours end to end, hashing={h} | {secs:.1f} s ({st['verified_pairs']} verified of {st['candidate_pairs']} candidates, "
-                     f"{st['removed']} removed) | {secs * scale:.0f} s, {base_s / secs:.2f}x faster than baseline | <= 30 s |")
+                     f"{st['removed']} removed) | {secs * scale:.0f} s, {base_s / secs:.2f}x faster than baseline; "
+                     f"{secs * scale * norm:.0f} s scaled to the ~92 s reference machine | <= 30 s |")
     for h, r in rates.items():
-        lines.append(f"| signature stage, hashing={h} | {r:,.0f} docs/s per core | | >= 10,000 docs/s per core |")
+        lines.append(f"| signature stage, hashing={h} | {r:,.0f} docs/s per core ({r / norm:,.0f} scaled) | | >= 10,000 docs/s per core |")
+    for h, (secs, st) in ours.items():
+        stages = ", ".join(f"{k[len('seconds_'):]} {v:.1f}" for k, v in st.items() if k.startswith("seconds_"))
+        lines += ["", f"Stages, hashing={h} (seconds, each ends in an action): {stages}."]
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)

@@ -48,6 +48,34 @@ def corpus():
     return rows
 
 
+def _bucket_rows(rows, batch):
+    """Band rows sorted as candidate_pairs sorts them, as Arrow record batches of ``batch`` rows."""
+    import pyarrow as pa
+
+    t = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["band"], r["key"], r["id"])))
+    return t.to_batches(max_chunksize=batch)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 100])
+def test_bucket_pairs_stream_across_batch_boundaries(batch):
+    from phases.data.dedup import _bucket_pairs_fn
+
+    rows = ([{"id": i, "band": 0, "key": 7} for i in "dcab"]      # one bucket of 4: 6 pairs
+            + [{"id": "z", "band": 0, "key": 8}]                   # a singleton: no pair
+            + [{"id": i, "band": 1, "key": 7} for i in "ab"]       # same key, other band: its own bucket
+            + [{"id": i, "band": 2, "key": -3} for i in "xy"])
+    pairs = [p for rb in _bucket_pairs_fn()(iter(_bucket_rows(rows, batch))) for p in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist())]
+    assert sorted(pairs) == sorted([("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d"), ("a", "b"), ("x", "y")])
+
+
+def test_bucket_pairs_with_fresh_flag_keep_only_pairs_touching_new_rows():
+    from phases.data.dedup import _bucket_pairs_fn
+
+    rows = [{"id": i, "band": 0, "key": 1, "fresh": i in "c"} for i in "abc"] + [{"id": i, "band": 0, "key": 2, "fresh": False} for i in "de"]
+    pairs = {p for rb in _bucket_pairs_fn()(iter(_bucket_rows(rows, 2))) for p in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist())}
+    assert pairs == {("a", "c"), ("b", "c")}
+
+
 def _clusters(spark, rows, params=NearDedupParams(), partitions=2):
     df = spark.createDataFrame(sorted(rows.items()), "id string, text string").repartition(partitions)
     clusters, stats = near_dedup(spark, df, params)

@@ -103,3 +103,27 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
     th = np.array([xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids]
     ref_hv, ref_counts = minhash._windows(th, lengths, 3)
     assert np.array_equal(counts, ref_counts) and np.array_equal(hv, ref_hv)
+
+
+def test_text_slices_cover_every_text_once_in_bounded_slices():
+    from phases.data.minhash import text_slices
+
+    lengths = [5, 1, 9, 30, 2, 2, 2, 0, 7]
+    slices = text_slices(lengths, max_bytes=10)
+    assert [i for a, b in slices for i in range(a, b)] == list(range(len(lengths)))
+    # Each slice stays within the budget unless a single text alone exceeds it.
+    assert all(sum(lengths[a:b]) <= 10 or b - a == 1 for a, b in slices)
+    assert (3, 4) in slices and text_slices([], 10) == []
+
+
+def test_signatures_in_slices_equal_one_batch(monkeypatch):
+    import numpy as np
+
+    from phases.data import minhash
+
+    texts = [f"doc {i} " + " ".join(f"w{(i * j) % 97}" for j in range(40)) for i in range(30)]
+    perms = minhash.Permutations(64, 3)
+    whole = minhash.signatures(texts, perms, 3, "token")
+    monkeypatch.setattr(minhash, "SLICE_TEXT_BYTES", 200)
+    assert len(minhash.text_slices(minhash.text_lengths(texts))) > 10
+    assert np.array_equal(minhash.signatures(texts, perms, 3, "token"), whole)
