@@ -408,7 +408,7 @@ def connected_components(edges, max_rounds: int = 64, driver_max_edges: int | No
     return e.select(F.col("b").alias("id"), F.col("a").alias("label")).unionByName(roots)
 
 
-class _Stages:
+class StageTimer:
     """Seconds per stage (each stage ends in an action), logged as progress and kept for the stats."""
 
     def __init__(self, what: str):
@@ -463,7 +463,7 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
     """
     from pyspark.sql import functions as F
 
-    t = _Stages("near-dedup")
+    t = StageTimer("near-dedup")
     docs, owned = _cached_docs(docs)
     exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
@@ -533,7 +533,7 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
 
     _check_index_params(index_dir, params)
     gens = _generations(index_dir)
-    t = _Stages("near-dedup (incremental)")
+    t = StageTimer("near-dedup (incremental)")
     docs, owned = _cached_docs(new_docs)
     exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")

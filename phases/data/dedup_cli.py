@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phases.data.dedup import NearDedupParams, _Stages, near_dedup, near_dedup_incremental, small_ids, spread, update_index
+from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index
 from phases.errors import DataError
 
 
@@ -54,7 +54,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
-    t = _Stages("dedup")
+    t = StageTimer("dedup")
     own = spark is None
     spark = spark_session(spark_master) if own else spark
     t.done("spark_start")

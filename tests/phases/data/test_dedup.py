@@ -162,6 +162,10 @@ def test_run_dedup_writes_outputs(spark, corpus, tmp_path):
     assert {r["id"] for r in kept} == set(corpus) - {"n03", "n07a", "d07", "x05"} and all("meta" in r for r in kept)
     assert stats["removed"] == 4 and json.loads((tmp_path / "out" / "stats.json").read_text())["kept"] == len(kept)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    # Each stage's seconds, for the user who wonders where the time went.
+    stages = {k for k in stats if k.startswith("seconds_")}
+    assert {"seconds_input_check", "seconds_signatures", "seconds_candidates", "seconds_verification", "seconds_outputs"} <= stages
+    assert all(stats[k] >= 0 for k in stages)
     with pytest.raises(Exception, match="already exists"):
         run_dedup([str(src)], str(tmp_path / "out"), spark=spark)
 
