@@ -546,7 +546,8 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
         if docs.join(old, "id", "left_semi").limit(1).count():
             raise ValueError("new documents reuse ids already in the index; ids must be unique across batches")
         t.done("id_check")
-        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(new_bands.select("band", "key").distinct(), ["band", "key"], "left_semi")
+        # The new batch's keys (few) are broadcast: the index's band rows are filtered where they are read.
+        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(small_ids(new_bands.select("band", "key").distinct()), ["band", "key"], "left_semi")
         bands = bands.unionByName(old_bands.select("id", "band", "key").withColumn("fresh", F.lit(False)))
         texts = reps.unionByName(old.select("id", "text"))
     pairs = t.done("signatures_and_candidates", candidate_pairs(bands).localCheckpoint())
