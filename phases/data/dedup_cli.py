@@ -4,6 +4,11 @@ Reads JSONL or Parquet records with ``id`` and ``text``, writes ``OUTPUT/kept/``
 records that survive, all their columns) and ``OUTPUT/clusters.parquet`` (id, cluster_id, kept for
 every input record). Outputs are written to a temporary sibling directory and renamed into
 place, so ``OUTPUT`` either holds a complete result or does not exist.
+
+Bad records never stop the good ones: a JSON line that does not parse, a record without an id or
+without a text goes to ``OUTPUT/quarantine/`` (file, reason, the raw line or record as JSON) and is
+counted in the stats (``quarantined``, ``quarantined_<reason>``); it is in neither ``kept/`` nor
+``clusters.parquet``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,26 @@ from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedu
 from phases.errors import DataError
 
 
+CORRUPT = "_corrupt_record"
+QUARANTINE_REASONS = ("malformed_json", "missing_id", "missing_text")
+
+
+def _split_bad(records):
+    """(good records, quarantine rows: file, reason, raw) of cached ``records``."""
+    from pyspark.sql import functions as F
+
+    corrupt = F.col(CORRUPT).isNotNull() if CORRUPT in records.columns else F.lit(False)
+    reason = (F.when(corrupt, F.lit("malformed_json"))
+              .when(F.col("id").isNull() | (F.trim(F.col("id")) == ""), F.lit("missing_id"))
+              .when(F.col("text").isNull(), F.lit("missing_text")))
+    tagged = records.withColumn("_reason", reason)
+    data_cols = [c for c in records.columns if c not in (CORRUPT, "_file")]
+    raw = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*data_cols))) if CORRUPT in records.columns else F.to_json(F.struct(*data_cols))
+    bad = tagged.where(F.col("_reason").isNotNull()).select(F.col("_file").alias("file"), F.col("_reason").alias("reason"), raw.alias("raw"))
+    good = tagged.where(F.col("_reason").isNull()).drop("_reason", "_file", *([CORRUPT] if CORRUPT in records.columns else []))
+    return good, bad
+
+
 def _read(spark, inputs: list[str]):
     paths = [os.path.abspath(p) for p in inputs]
     missing = [p for p in paths if not os.path.exists(p)]
@@ -27,11 +52,13 @@ def _read(spark, inputs: list[str]):
     kinds = {"parquet" if p.endswith(".parquet") or (os.path.isdir(p) and any(Path(p).glob("*.parquet"))) else "json" for p in paths}
     if len(kinds) != 1:
         raise DataError(f"dedup inputs mix JSONL and Parquet ({paths}); pass one kind per run")
-    df = spark.read.parquet(*paths) if kinds == {"parquet"} else spark.read.json(paths)
+    df = spark.read.parquet(*paths) if kinds == {"parquet"} else spark.read.json(paths, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
     for col in ("id", "text"):
         if col not in df.columns:
             raise DataError(f"dedup inputs have no {col!r} column (columns: {df.columns}); each record needs id and text")
-    return df
+    from pyspark.sql import functions as F
+
+    return df.withColumn("_file", F.col("_metadata.file_path"))
 
 
 def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5,
@@ -59,8 +86,17 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     spark = spark_session(spark_master) if own else spark
     t.done("spark_start")
     try:
-        # Spread over the cores and cached: the check, near-dedup and the kept output all read it.
-        records = spread(_read(spark, inputs).withColumn("id", F.col("id").cast("string"))).persist()
+        # Spread over the cores and cached: the check, near-dedup and the kept output all read it
+        # (a cache is also what lets Spark query the JSON reader's corrupt-record column).
+        loaded = spread(_read(spark, inputs).withColumn("id", F.col("id").cast("string"))).persist()
+        good, bad = _split_bad(loaded)
+        bad_counts = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
+        if bad_counts:
+            bad.write.parquet(str(tmp / "quarantine"))
+        records = good.persist()
+        if records.count() == 0:  # materializes the cache before the source's is dropped
+            raise DataError(f"dedup inputs {inputs} hold no valid record (quarantined: {bad_counts}); each record needs id and text")
+        loaded.unpersist()
         dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
@@ -82,6 +118,8 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         for marker in (tmp / "kept").glob("_*"):
             marker.unlink()
         stats["kept"] = stats["docs"] - stats["removed"]
+        stats["quarantined"] = sum(bad_counts.values())
+        stats.update({f"quarantined_{r}": bad_counts.get(r, 0) for r in QUARANTINE_REASONS})
         t.done("outputs")
         if index_dir:
             stats["index_generation"] = update_index(spark, index_dir, docs, clusters, params)

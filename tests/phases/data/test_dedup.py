@@ -170,6 +170,27 @@ def test_run_dedup_writes_outputs(spark, corpus, tmp_path):
         run_dedup([str(src)], str(tmp_path / "out"), spark=spark)
 
 
+def test_run_dedup_quarantines_bad_records_and_keeps_the_good(spark, tmp_path):
+    src = tmp_path / "in.jsonl"
+    good = {"a": "the same words in the same order here", "b": "the same words in the same order here", "d": "something else entirely"}
+    lines = [json.dumps({"id": k, "text": v}) for k, v in good.items()] + ['{"id": "x", "text": "cut off', '{"id": "c"}', '{"text": "no id at all"}']
+    src.write_text("\n".join(lines) + "\n")
+    stats = run_dedup([str(src)], str(tmp_path / "out"), spark=spark)
+    bad = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
+    assert sorted(r["reason"] for r in bad) == ["malformed_json", "missing_id", "missing_text"]
+    assert all(r["file"].endswith("in.jsonl") for r in bad) and any(r["raw"] == '{"id": "x", "text": "cut off' for r in bad)
+    assert (stats["quarantined"], stats["quarantined_malformed_json"], stats["quarantined_missing_id"], stats["quarantined_missing_text"]) == (3, 1, 1, 1)
+    assert stats["docs"] == 3 and stats["removed"] == 1
+    assert sorted(pq.read_table(tmp_path / "out" / "kept").column_names) == ["id", "text"]
+    assert {r["id"] for r in pq.read_table(tmp_path / "out" / "clusters.parquet").to_pylist()} == set(good)
+    # Nothing valid at all: one message naming the inputs, no output left behind.
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text('not json\n{"id": "c"}\n{"id": " ", "text": "a blank id"}\n')
+    with pytest.raises(Exception, match="no valid record"):
+        run_dedup([str(only_bad)], str(tmp_path / "out2"), spark=spark)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_join_verification_agrees_with_grouped_verification(spark, corpus, monkeypatch):
     from phases.data import dedup
 
