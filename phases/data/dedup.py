@@ -438,33 +438,34 @@ def spread(docs):
     return docs
 
 
-def _cached_docs(docs):
+def _cached_docs(docs, cached: bool = False):
     """(id, text as strings, a cached DataFrame to unpersist when done or None).
 
-    A DataFrame the caller already cached (and spread) is used as it is, its other columns ignored:
-    the standalone command caches the records it also writes out, so the texts are read once.
+    ``cached``: the caller cached and spread ``docs`` (or the DataFrame it projects or filters), so
+    it is used as it is, its other columns ignored: the standalone command caches the records it
+    also writes out, so the texts are read once.
     """
     from pyspark.sql import functions as F
 
     level = docs.storageLevel
     owned = None
-    if not (level.useMemory or level.useDisk):
+    if not (cached or level.useMemory or level.useDisk):
         docs = owned = spread(docs).persist()
     types = dict(docs.dtypes)
     cols = [F.col(c) if types[c] == "string" else F.col(c).cast("string").alias(c) for c in ("id", "text")]
     return docs.select(*cols), owned
 
 
-def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_edges: bool = False):
+def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_edges: bool = False, cached: bool = False):
     """(clusters, stats): clusters has one row per input document (id, cluster_id, kept).
 
     ``docs`` needs columns id (unique) and text; others are ignored. ``clusters`` is persisted; unpersist it when
-    done. ``with_edges`` adds a third item: the duplicate edges (a, b, jaccard; exact ones with 1.0).
+    done. ``cached``: see :func:`_cached_docs`. ``with_edges`` adds a third item: the duplicate edges (a, b, jaccard; exact ones with 1.0).
     """
     from pyspark.sql import functions as F
 
     t = StageTimer("near-dedup")
-    docs, owned = _cached_docs(docs)
+    docs, owned = _cached_docs(docs, cached)
     exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
     bands = t.done("signatures", _bands(reps, params).localCheckpoint())
@@ -518,7 +519,7 @@ def _check_index_params(index_dir, params: NearDedupParams) -> None:
         raise ValueError(f"index {index_dir} was built with {meta.read_text()}; near-dedup it with the same parameters, got {asdict(params)}")
 
 
-def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams = NearDedupParams()):
+def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams = NearDedupParams(), cached: bool = False):
     """(clusters, stats) for ``new_docs`` deduplicated against the index and against each other.
 
     Cost follows the new batch: only index bands sharing a key with a new document are read past the
@@ -534,7 +535,7 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     _check_index_params(index_dir, params)
     gens = _generations(index_dir)
     t = StageTimer("near-dedup (incremental)")
-    docs, owned = _cached_docs(new_docs)
+    docs, owned = _cached_docs(new_docs, cached)
     exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
     new_bands = _bands(reps, params).persist()

@@ -91,21 +91,23 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         loaded = spread(_read(spark, inputs).withColumn("id", F.col("id").cast("string"))).persist()
         good, bad = _split_bad(loaded)
         bad_counts = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
-        if bad_counts:
+        if bad_counts:  # the good records get their own cache; the input's is dropped
             bad.write.parquet(str(tmp / "quarantine"))
-        records = good.persist()
-        if records.count() == 0:  # materializes the cache before the source's is dropped
-            raise DataError(f"dedup inputs {inputs} hold no valid record (quarantined: {bad_counts}); each record needs id and text")
-        loaded.unpersist()
+            records = cache = good.persist()
+            if records.count() == 0:  # (this count also fills the cache before the input's goes)
+                raise DataError(f"dedup inputs {inputs} hold no valid record (quarantined: {bad_counts}); each record needs id and text")
+            loaded.unpersist()
+        else:  # all good: a filtered view of the cached input, read from its cache
+            records, cache = good, loaded
         dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
         t.done("input_check")
         docs = records.select("id", "text")
         if index_dir:
-            clusters, stats = near_dedup_incremental(spark, records, index_dir, params)
+            clusters, stats = near_dedup_incremental(spark, records, index_dir, params, cached=True)
         else:
-            clusters, stats = near_dedup(spark, records, params)
+            clusters, stats = near_dedup(spark, records, params, cached=True)
         t.done("near_dedup")
         clusters.coalesce(1).sortWithinPartitions("id").write.parquet(str(tmp / "_clusters"))
         parts = list((tmp / "_clusters").glob("part-*.parquet"))
@@ -128,7 +130,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         stats["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
         clusters.unpersist()
-        records.unpersist()
+        cache.unpersist()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
