@@ -30,6 +30,10 @@ def defaults(home: Path) -> dict[str, str]:
     return {
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The temporary server migrates a new database on its first start: past Prefect's 20 s
+        # default on a busy 2-core machine ("Timed out while attempting to connect to ephemeral
+        # Prefect API server", seen in the test suite on 2026-11-27).
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "lifecycle",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
