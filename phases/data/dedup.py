@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -74,30 +75,7 @@ class NearDedupParams:
 
 
 def band_rows(params: NearDedupParams):
-    """mapInPandas function: (id, text) batches -> (id, band, key) rows; shingle-less texts emit none."""
-    bands, rows = params.banding()
-
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
-        import numpy as np
-        import pandas as pd
-
-        perms = Permutations(params.num_perm, params.seed, params.scheme)
-        for pdf in batches:
-            hv, counts = shingle_hashes(pdf.text.fillna("").tolist(), params.ngram, params.hashing)
-            keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
-            has = counts > 0
-            ids = pdf.id.to_numpy()[has]
-            yield pd.DataFrame({
-                "id": np.repeat(ids, bands),
-                "band": np.tile(np.arange(bands, dtype=np.int32), len(ids)),
-                "key": keys[has].ravel(),
-            })
-
-    return run
-
-
-def _arrow_band_rows(params: NearDedupParams):
-    """mapInArrow twin of :func:`band_rows` (same rows): no pandas round trip of the texts."""
+    """mapInArrow function: (id, text) batches -> (id, band, key) rows; shingle-less texts emit none."""
     bands, rows = params.banding()
 
     def one(rb, perms):
@@ -126,7 +104,7 @@ def _arrow_band_rows(params: NearDedupParams):
 
 
 def _bands(docs, params: NearDedupParams):
-    return docs.select("id", "text").mapInArrow(_arrow_band_rows(params), BAND_SCHEMA)
+    return docs.select("id", "text").mapInArrow(band_rows(params), BAND_SCHEMA)
 
 
 def verify_pairs(ngram: int):
@@ -203,22 +181,23 @@ def _bucket_pairs_fn():
             cut = int(last[-1]) + 1 if len(last) else 0  # the last bucket may go on in the next batch
             carry = t.slice(cut)
             if cut:
-                out = _emit_pairs(t.slice(0, cut))
+                out = _emit_pairs(t.slice(0, cut), band[:cut], key[:cut])
                 if out is not None:
                     yield out
         if carry is not None and carry.num_rows:
-            out = _emit_pairs(carry)
+            out = _emit_pairs(carry, carry.column("band").to_numpy(), carry.column("key").to_numpy())
             if out is not None:
                 yield out
 
     return run
 
 
-def _emit_pairs(t):
+def _emit_pairs(t, band, key):
+    """The (a, b) id pairs of the complete buckets in ``t`` (``band``, ``key``: its columns as arrays)."""
     import pyarrow as pa
 
     fresh = t.column("fresh").combine_chunks().to_numpy(zero_copy_only=False) if "fresh" in t.column_names else None
-    ab = _bucket_pairs(t.column("band").to_numpy(), t.column("key").to_numpy(), fresh)
+    ab = _bucket_pairs(band, key, fresh)
     if ab is None:
         return None
     ids = t.column("id").combine_chunks()
@@ -260,7 +239,7 @@ def _verify_groups(group_pairs: dict, ngram: int):
         for rb in batches:
             for i, t in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()):
                 texts[i] = t or ""
-        groups = sorted({g for g in group_pairs if any(a in texts for a, _ in group_pairs[g][:1])})
+        groups = sorted(g for g, pairs in group_pairs.items() if pairs[0][0] in texts)  # this partition's groups
         a_out, b_out, j_out = [], [], []
         for g in groups:
             sets: dict[str, set] = {}  # one group's shingle sets at a time: memory follows the largest group
@@ -292,10 +271,7 @@ def verified_pairs(pairs, texts, params: NearDedupParams):
         group_pairs: dict[str, list] = {}
         for a, b in sorted(rows):
             group_pairs.setdefault(group[a], []).append((a, b))
-        sizes: dict[str, int] = {}
-        for g in group.values():
-            sizes[g] = sizes.get(g, 0) + 1
-        if max(sizes.values(), default=0) <= GROUPED_VERIFY_MAX_GROUP:
+        if max(Counter(group.values()).values(), default=0) <= GROUPED_VERIFY_MAX_GROUP:
             spark = pairs.sparkSession
             if not rows:
                 return spark.createDataFrame([], PAIR_SCHEMA)

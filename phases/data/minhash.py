@@ -44,12 +44,7 @@ def tokens(text: str) -> list[str]:
 
 def shingles(text: str, ngram: int) -> set[bytes]:
     """The set of word n-grams of ``text`` as UTF-8 bytes (see the module docstring)."""
-    tk = tokens(text)
-    if not tk:
-        return set()
-    if len(tk) < ngram:
-        return {" ".join(tk).encode("utf-8")}
-    return {" ".join(tk[i:i + ngram]).encode("utf-8") for i in range(len(tk) - ngram + 1)}
+    return {" ".join(t).encode("utf-8") for t in shingle_tuples(text, ngram)}
 
 
 def shingle_tuples(text: str, ngram: int) -> set[tuple[str, ...]]:
@@ -288,14 +283,11 @@ def text_slices(lengths, max_bytes: int | None = None) -> list[tuple[int, int]]:
 
 def text_lengths(texts) -> np.ndarray:
     """Byte lengths (Arrow input) or character lengths (Python strings) of ``texts``; null/None = 0."""
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
-            return np.asarray(pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    except ImportError:  # pragma: no cover - pyarrow comes with pyspark
-        pass
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        return np.asarray(pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     return np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
 
 
