@@ -1,0 +1,69 @@
+"""Class data sharing for the Spark driver: when an archive is recorded, shared, adopted or left alone."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from phases.data import cds
+
+
+@pytest.fixture
+def archive_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LIFECYCLE_SPARK_CDS", raising=False)
+    if not cds._java_binary():
+        pytest.skip("no java")
+    return tmp_path
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_first_start_records_then_a_later_start_shares(archive_dir):
+    opts = cds.driver_java_options(archive_dir)
+    final = archive_dir / f"spark-cds-{cds.archive_key()}.jsa"
+    assert f"-XX:ArchiveClassesAtExit={final}.{os.getpid()}.tmp" in opts
+    # While this process (the recorder) lives, another start neither records nor shares.
+    (archive_dir / f"{final.name}.{os.getpid()}.tmp").write_bytes(b"archive")
+    assert cds.driver_java_options(archive_dir) == ""
+    # Once the recorder and its JVM have ended, the recording is adopted under the final name.
+    dead = _dead_pid()
+    (archive_dir / f"{final.name}.{os.getpid()}.tmp").rename(archive_dir / f"{final.name}.{dead}.tmp")
+    cds.note_recorder(f"-XX:ArchiveClassesAtExit={archive_dir / f'{final.name}.{dead}.tmp'}", _dead_pid())
+    assert cds.driver_java_options(archive_dir).startswith(f"-XX:SharedArchiveFile={final} ")
+    assert final.read_bytes() == b"archive" and sorted(p.name for p in archive_dir.iterdir()) == [final.name]
+
+
+def test_a_recording_jvm_still_writing_is_waited_for(archive_dir):
+    final = archive_dir / f"spark-cds-{cds.archive_key()}.jsa"
+    tmp = archive_dir / f"{final.name}.{_dead_pid()}.tmp"
+    tmp.write_bytes(b"partial")
+    cds.note_recorder(f"-XX:ArchiveClassesAtExit={tmp}", os.getpid())  # "the JVM" is alive: still writing
+    assert cds.driver_java_options(archive_dir) == "" and not final.exists()
+
+
+def test_an_unnoted_recording_is_adopted_only_after_it_settles(archive_dir):
+    final = archive_dir / f"spark-cds-{cds.archive_key()}.jsa"
+    tmp = archive_dir / f"{final.name}.{_dead_pid()}.tmp"
+    tmp.write_bytes(b"archive")
+    assert cds.driver_java_options(archive_dir) == ""  # just written, writer unknown: wait
+    later = tmp.stat().st_mtime + cds.SETTLE_SECONDS + 1
+    assert cds.driver_java_options(archive_dir, now=later).startswith("-XX:SharedArchiveFile=")
+
+
+def test_an_empty_recording_is_dropped_and_recording_starts_again(archive_dir):
+    final = archive_dir / f"spark-cds-{cds.archive_key()}.jsa"
+    tmp = archive_dir / f"{final.name}.{_dead_pid()}.tmp"
+    tmp.write_bytes(b"")
+    cds.note_recorder(f"-XX:ArchiveClassesAtExit={tmp}", _dead_pid())
+    assert "-XX:ArchiveClassesAtExit=" in cds.driver_java_options(archive_dir)
+    assert not tmp.exists() and not final.exists()
+
+
+def test_switched_off(archive_dir, monkeypatch):
+    monkeypatch.setenv("LIFECYCLE_SPARK_CDS", "0")
+    assert cds.driver_java_options(archive_dir) == ""
