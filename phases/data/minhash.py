@@ -172,6 +172,23 @@ def _token_ids_python(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.n
     return list(vocab), np.array(ids, dtype=np.int64), lengths
 
 
+def _has_separator_controls(arr) -> bool:
+    """Whether any text of the Arrow string array holds one of the bytes 0x1c-0x1f."""
+    import pyarrow as pa
+
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    for c in chunks:
+        _, offsets, data = c.buffers()
+        if data is None or not len(c):
+            continue
+        width = np.int64 if pa.types.is_large_string(c.type) else np.int32
+        at = np.frombuffer(offsets, dtype=width)[[c.offset, c.offset + len(c)]]
+        raw = np.frombuffer(data, dtype=np.uint8)[at[0]:at[1]]
+        if np.any((raw - np.uint8(0x1C)) < np.uint8(4)):
+            return True
+    return False
+
+
 def _token_ids_arrow(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
     """As :func:`_token_ids_python` for ASCII texts, tokenized and dictionary-encoded in Arrow (C++).
 
@@ -182,7 +199,10 @@ def _token_ids_arrow(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
     import pyarrow.compute as pc
 
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, type=pa.string())
-    split = pc.utf8_split_whitespace(pc.ascii_lower(arr))
+    low = pc.ascii_lower(arr)
+    # Arrow's ASCII whitespace lacks \x1c-\x1f, which Python's split() counts: texts with one (rare)
+    # take the Unicode split, ~2x slower.
+    split = pc.utf8_split_whitespace(low) if _has_separator_controls(low) else pc.ascii_split_whitespace(low)
     if isinstance(split, pa.ChunkedArray):
         split = split.combine_chunks()
     per_text = np.diff(split.offsets.to_numpy(zero_copy_only=False).astype(np.int64))
@@ -218,36 +238,133 @@ def _windows(th: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarra
     return hv, counts
 
 
-def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token-mode shingle hashes of a batch: (hashes, per-doc counts), computed on the whole batch."""
-    import xxhash
+def token_ids(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(distinct tokens, token index per occurrence in text order, tokens per text) of :func:`tokens`.
 
+    ASCII texts are tokenized in Arrow, the others in Python; both share one numbering, so equal
+    token ids mean equal tokens across all ``texts``.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), type=pa.string())
     arr = pc.fill_null(arr, "")
     ascii_ = np.asarray(pc.string_is_ascii(arr).to_numpy(zero_copy_only=False), dtype=bool)
+    if ascii_.all():
+        return _token_ids_arrow(arr)
+    if not ascii_.any():
+        return _token_ids_python(arr.to_pylist())
     order = np.concatenate([np.flatnonzero(ascii_), np.flatnonzero(~ascii_)])
-    parts = []
-    if ascii_.any():
-        parts.append(_token_ids_arrow(arr if ascii_.all() else arr.take(pa.array(order[:ascii_.sum()]))))
-    if not ascii_.all():
-        parts.append(_token_ids_python(arr.take(pa.array(order[ascii_.sum():])).to_pylist()))
-    xx = xxhash.xxh3_64_intdigest
-    th = np.concatenate([np.array([xx(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids] if len(ids) else np.zeros(0, np.uint64)
-                         for vocab, ids, _ in parts])
-    lengths = np.concatenate([ln for _, _, ln in parts])
-    hv, counts = _windows(th, lengths, ngram)
-    if ascii_.all() or not ascii_.any():
-        return hv, counts
-    # Back to the input order: gather each document's segment.
+    n_ascii = int(ascii_.sum())
+    va, ia, la = _token_ids_arrow(arr.take(pa.array(order[:n_ascii])))
+    vb, ib, lb = _token_ids_python(arr.take(pa.array(order[n_ascii:])).to_pylist())
+    # One numbering for both vocabularies: Arrow dictionary-encodes their concatenation.
+    enc = pc.dictionary_encode(pa.array(va + vb, type=pa.string()))
+    remap = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = np.concatenate([remap[:len(va)][ia], remap[len(va):][ib]])
+    lengths = np.concatenate([la, lb])
+    # Back to the input order: gather each text's segment.
     inv = np.empty_like(order)
     inv[order] = np.arange(len(order))
-    seg_start = np.cumsum(counts) - counts
-    out_counts = counts[inv]
-    idx = np.repeat(seg_start[inv] - (np.cumsum(out_counts) - out_counts), out_counts) + np.arange(out_counts.sum())
-    return hv[idx], out_counts
+    seg_start = np.cumsum(lengths) - lengths
+    out_len = lengths[inv]
+    idx = np.repeat(seg_start[inv] - (np.cumsum(out_len) - out_len), out_len) + np.arange(out_len.sum())
+    return enc.dictionary.to_pylist(), ids[idx], out_len
+
+
+def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-mode shingle hashes of a batch: (hashes, per-doc counts), computed on the whole batch."""
+    import xxhash
+
+    vocab, ids, lengths = token_ids(texts)
+    xx = xxhash.xxh3_64_intdigest
+    th = np.array([xx(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids] if len(ids) else np.zeros(0, np.uint64)
+    return _windows(th, lengths, ngram)
+
+
+class ShingleSets:
+    """The shingle sets of a batch of texts as sorted integer keys, for exact Jaccard in numpy.
+
+    A key is a hash of a shingle's token ids (one token numbering for the batch, :func:`token_ids`).
+    Keys are trusted only where they are proven injective: every two windows of the batch that share
+    a key are compared token by token, and a text involved in a collision of two different shingles
+    is marked (``jaccard`` then returns None and the caller falls back to :func:`shingle_tuples`).
+    So :meth:`jaccard` equals :func:`jaccard` over :func:`shingle_tuples`, exactly.
+    """
+
+    def __init__(self, texts, ngram: int):
+        _, ids, lengths = token_ids(texts)
+        n = len(lengths)
+        self.tid = np.concatenate([ids.astype(np.uint64) + _U64(1), np.zeros(ngram, np.uint64)])  # 0 pads short windows
+        ends = np.cumsum(lengths)
+        counts = np.where(lengths >= ngram, lengths - ngram + 1, (lengths > 0).astype(np.int64))
+        doc = np.repeat(np.arange(n), counts)
+        self.pos = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + (ends - lengths)[doc]
+        self.wlen = np.minimum(lengths[doc], ngram)
+        self.ngram = ngram
+        # Full windows hashed over the whole token array (contiguous), then picked; short ones gathered.
+        span = max(len(ids) - ngram + 1, 0)
+        full = np.full(span, _U64(ngram), np.uint64)
+        for k in range(ngram):
+            full = _fmix64((full ^ self.tid[k:k + span]) * _GOLDEN)
+        short = self.wlen < ngram
+        h = np.empty(len(self.pos), np.uint64)
+        h[~short] = full[self.pos[~short]]
+        if short.any():
+            w = np.flatnonzero(short)
+            hs = np.full(len(w), _U64(ngram), np.uint64)
+            for k in range(ngram):
+                hs = _fmix64((hs ^ np.where(k < self.wlen[w], self.tid[self.pos[w] + k], _U64(0))) * _GOLDEN)
+            h[w] = hs
+        # One sort, text-major: the text's index in the high bits, the hash in the low ones.
+        bits = max(1, int(n).bit_length())
+        comp = (doc.astype(np.uint64) << _U64(64 - bits)) | (h >> _U64(bits))
+        order = np.argsort(comp)
+        comp = comp[order]
+        first = np.concatenate([[True], comp[1:] != comp[:-1]]) if len(comp) else np.zeros(0, bool)
+        self.keys = comp[first] & _U64((1 << (64 - bits)) - 1)
+        self.window = order[first]  # a window standing for each distinct key of each text
+        self.bounds = np.searchsorted(doc[self.window], np.arange(n + 1))
+        a, b = order[:-1][~first[1:]], order[1:][~first[1:]]  # repeats of a key within a text
+        self.unsure = set(doc[a[self._collisions(a, b)]].tolist())
+        # Across texts: all windows of a run of equal keys must hold one shingle; if a run holds two,
+        # every text in the run is unsure (two of its members need not be neighbours in the run).
+        by_key = np.argsort(self.keys)
+        same = self.keys[by_key[1:]] == self.keys[by_key[:-1]]
+        at = np.flatnonzero(same)
+        bad = at[self._collisions(self.window[by_key[at]], self.window[by_key[at + 1]])]
+        if len(bad):
+            run = np.concatenate([[0], np.cumsum(~same)])  # run number of each sorted key
+            self.unsure |= set(doc[self.window[by_key[np.isin(run, run[bad])]]].tolist())
+
+    def _collisions(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Mask of window pairs (a[i], b[i]) that hold different shingles."""
+        la, pa, pb = self.wlen[a], self.pos[a], self.pos[b]
+        differ = la != self.wlen[b]
+        some_short = bool(len(la)) and int(la.min()) < self.ngram
+        for k in range(self.ngram):
+            ne = self.tid[pa + k] != self.tid[pb + k]
+            differ |= (ne & (k < la)) if some_short else ne
+        return differ
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def size(self, i: int) -> int:
+        return int(self.bounds[i + 1] - self.bounds[i])
+
+    def jaccard(self, i: int, j: int) -> float | None:
+        """Exact Jaccard of texts i and j (0 if either has no shingle); None if not proven exact."""
+        if i in self.unsure or j in self.unsure:
+            return None
+        ka = self.keys[self.bounds[i]:self.bounds[i + 1]]
+        kb = self.keys[self.bounds[j]:self.bounds[j + 1]]
+        if not len(ka) or not len(kb):
+            return 0.0
+        at = np.searchsorted(kb, ka)
+        at[at == len(kb)] = 0
+        inter = int(np.count_nonzero(kb[at] == ka))
+        return inter / (len(ka) + len(kb) - inter)
 
 
 def shingle_hashes(texts: Sequence[str], ngram: int, hashing: str = "sha1") -> tuple[np.ndarray, np.ndarray]:

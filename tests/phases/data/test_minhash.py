@@ -105,6 +105,71 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
     assert np.array_equal(counts, ref_counts) and np.array_equal(hv, ref_hv)
 
 
+@pytest.mark.parametrize("separators", [False, True])
+def test_arrow_tokenization_equals_python_split(separators):
+    """Arrow's ASCII split serves batches without the 0x1c-0x1f separators (Python's split() counts them
+    as whitespace, Arrow's ASCII split does not); a batch with one takes the Unicode split."""
+    from phases.data import minhash
+
+    rng = random.Random(5)
+    chars = [chr(i) for i in range(128) if separators or not 0x1C <= i <= 0x1F]
+    texts = ["".join(rng.choice(chars + ["ab", "Cd", " "] * 8) for _ in range(rng.randint(0, 80))) for _ in range(300)]
+    assert minhash._has_separator_controls(__import__("pyarrow").array(texts)) == separators
+    vocab, ids, lengths = minhash._token_ids_arrow(texts)
+    assert [[vocab[i] for i in ids[a - n:a]] for a, n in zip(np.cumsum(lengths), lengths)] == [t.lower().split() for t in texts]
+
+
+def _mixed_texts():
+    rng = random.Random(8)
+    base = _texts(40, 11)
+    near = [" ".join(w if rng.random() > 0.1 else "edit" for w in t.split()) for t in base]  # near copies share most shingles
+    return base + near + ["", "   ", "one", "two words", "Four Words In Caps", "naïve café x y z"] + [t.upper() for t in base[:5]]
+
+
+@pytest.mark.parametrize("ngram", [1, 3, 5])
+def test_shingle_sets_jaccard_is_exact(ngram):
+    """The numpy shingle sets give the same Jaccard as Python sets for every pair: texts with and
+    without non-ASCII, shorter than one n-gram, empty, near copies."""
+    from phases.data.minhash import ShingleSets, shingle_tuples
+
+    texts = _mixed_texts()
+    sets = ShingleSets(texts, ngram)
+    ref = [shingle_tuples(t, ngram) for t in texts]
+    assert [sets.size(i) for i in range(len(texts))] == [len(r) for r in ref]
+    for i in range(len(texts)):
+        for j in range(i, len(texts)):
+            assert sets.jaccard(i, j) == jaccard(ref[i], ref[j]), (texts[i], texts[j])
+
+
+@pytest.mark.parametrize("keys", [0xF, 0xFFF])
+def test_shingle_sets_never_trust_a_key_collision(monkeypatch, keys):
+    """With a hash that collides all the time (16 keys) or now and then (4096 keys), every answer is
+    either exact or None (the caller's cue to use Python sets): a collision cannot make two texts
+    look alike."""
+    from phases.data import minhash
+
+    fmix64 = minhash._fmix64
+    monkeypatch.setattr(minhash, "_fmix64", lambda h: fmix64(h) & np.uint64(keys))
+    texts = _mixed_texts()
+    sets = minhash.ShingleSets(texts, 3)
+    ref = [minhash.shingle_tuples(t, 3) for t in texts]
+    answers = [(sets.jaccard(i, j), jaccard(ref[i], ref[j])) for i in range(len(texts)) for j in range(len(texts))]
+    assert any(got is None for got, _ in answers)  # collisions were caught
+    assert all(got is None or got == want for got, want in answers)
+
+
+def test_shingle_sets_distrust_every_text_of_a_colliding_run(monkeypatch):
+    """Keys of "a" and "b" collide (a parity hash): texts holding either may not be compared by key,
+    including the ones that are not next to each other in the sorted run of that key."""
+    from phases.data import minhash
+
+    monkeypatch.setattr(minhash, "_fmix64", lambda h: h & np.uint64(1))
+    texts = ["a c", "a", "a", "b", "b", "c"]  # token ids a=0, c=1, b=2: a and b share a key
+    sets = minhash.ShingleSets(texts, 1)
+    assert sets.unsure >= {0, 1, 2, 3, 4}
+    assert all(sets.jaccard(1, j) is None for j in (2, 3, 4))
+
+
 def test_text_slices_cover_every_text_once_in_bounded_slices():
     from phases.data.minhash import text_slices
 
