@@ -1,7 +1,8 @@
 """Near-duplicate detection on Spark: signatures -> buckets -> verify -> clusters -> filter.
 
 - signatures: MinHash per document, batch-wise in ``mapInArrow`` (Arrow tokenization and numpy over
-  all shingles of a batch, :mod:`phases.data.minhash`), emitted directly as (id, band, key) rows.
+  all shingles of a batch, :mod:`phases.data.minhash`), emitted directly as (id, band, key) rows,
+  with each text's SHA-256 from the same pass (exact copies are grouped by it).
 - buckets: documents sharing a band key are candidate pairs (a < b), deduplicated across bands.
 - verify: each candidate pair's exact Jaccard over the shingle sets, recomputed from both texts
   (only documents that appear in a pair are shuffled; shingles as token tuples, exact). Pairs below
@@ -14,8 +15,9 @@
 
 Input with fewer partitions than cores (one Parquet row group) is hash-partitioned by id first and
 cached (unless the caller passes a cached DataFrame).
-Identical non-blank texts are first collapsed to their smallest id (an exact edge): a bucket of k
-identical copies would otherwise cost k^2/2 candidate pairs, and their Jaccard is 1 anyway.
+Identical non-blank texts are collapsed to their smallest id (an exact edge) before buckets are
+formed: a bucket of k identical copies would otherwise cost k^2/2 candidate pairs, and their Jaccard
+is 1 anyway.
 Everything is set-based (min, distinct), so the result does not depend on partitioning.
 Document ids must be unique.
 """
@@ -28,12 +30,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from phases.data.minhash import (HASHES, SCHEMES, Permutations, band_keys, jaccard, optimal_bands, shingle_hashes, shingle_tuples,
-                                 signatures_from_hashes, text_lengths, text_slices)
+from phases.data.minhash import (HASHES, SCHEMES, Permutations, ShingleSets, band_keys, jaccard, optimal_bands, shingle_hashes, shingle_tuples,
+                                 SLICE_TEXT_BYTES, signatures_from_hashes, text_lengths, text_slices)
 
 log = logging.getLogger("lifecycle.data.dedup")
 
-BAND_SCHEMA = "id string, band int, key long"
+SIGNATURE_SCHEMA = "id string, band int, key long, sha binary"
 # Id sets up to this size are broadcast: joining them to the documents then moves no text.
 BROADCAST_IDS = 2_000_000
 PAIR_SCHEMA = "a string, b string, jaccard double"
@@ -74,8 +76,29 @@ class NearDedupParams:
         return optimal_bands(self.threshold, self.num_perm, 1.0 - self.fn_weight, self.fn_weight)
 
 
+def text_digests(text, rows) -> list[bytes]:
+    """SHA-256 of the UTF-8 bytes of ``text[i]`` for each i in ``rows`` (an Arrow string array), read in place."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    _, offsets, data = text.buffers()
+    width = np.int64 if pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type) else np.int32
+    at = np.frombuffer(offsets, dtype=width)[text.offset:text.offset + len(text) + 1].tolist()
+    buf = memoryview(data) if data is not None else memoryview(b"")
+    sha = hashlib.sha256
+    return [sha(buf[at[i]:at[i + 1]]).digest() for i in rows]
+
+
 def band_rows(params: NearDedupParams):
-    """mapInArrow function: (id, text) batches -> (id, band, key) rows; shingle-less texts emit none."""
+    """mapInArrow function: (id, text) batches -> SIGNATURE_SCHEMA rows, in one pass over the texts.
+
+    A text with shingles gives one row per band (band, key) and one digest row (band -1, the SHA-256 of
+    its text in ``sha``: exact copies are grouped by it). A text without shingles (blank) gives none.
+    """
     bands, rows = params.banding()
 
     def one(rb, perms):
@@ -89,10 +112,14 @@ def band_rows(params: NearDedupParams):
             hv, counts = shingle_hashes([t or "" for t in text.to_pylist()], params.ngram, params.hashing)
         keys = band_keys(signatures_from_hashes(hv, counts, perms), bands, rows)
         has = np.flatnonzero(counts > 0)
-        ids = rb.column(rb.schema.get_field_index("id")).take(pa.array(np.repeat(has, bands)))
+        ids = rb.column(rb.schema.get_field_index("id"))
+        n_band = len(has) * bands
         return pa.RecordBatch.from_arrays(
-            [ids, pa.array(np.tile(np.arange(bands, dtype=np.int32), len(has))), pa.array(keys[has].ravel())],
-            schema=pa.schema([("id", pa.string()), ("band", pa.int32()), ("key", pa.int64())]))
+            [pa.concat_arrays([ids.take(pa.array(np.repeat(has, bands))), ids.take(pa.array(has))]),
+             pa.array(np.concatenate([np.tile(np.arange(bands, dtype=np.int32), len(has)), np.full(len(has), -1, np.int32)])),
+             pa.array(np.concatenate([keys[has].ravel(), np.zeros(len(has), np.int64)])),
+             pa.concat_arrays([pa.nulls(n_band, pa.binary()), pa.array(text_digests(text, has.tolist()), pa.binary())])],
+            schema=pa.schema([("id", pa.string()), ("band", pa.int32()), ("key", pa.int64()), ("sha", pa.binary())]))
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         perms = Permutations(params.num_perm, params.seed, params.scheme)
@@ -103,8 +130,21 @@ def band_rows(params: NearDedupParams):
     return run
 
 
-def _bands(docs, params: NearDedupParams):
-    return docs.select("id", "text").mapInArrow(band_rows(params), BAND_SCHEMA)
+def signature_rows(docs, params: NearDedupParams):
+    """(rows, exact, bands) of ``docs`` (id, text), from one pass over the texts (:func:`band_rows`).
+
+    rows: the pass's output, materialized (localCheckpoint); exact: (id, rep) for every document whose
+    text also appears under a smaller id, materialized; bands: (id, band, key) of the other documents.
+    Only (id, digest) is shuffled to find exact copies, never the text.
+    """
+    from pyspark.sql import functions as F
+
+    rows = docs.select("id", "text").mapInArrow(band_rows(params), SIGNATURE_SCHEMA).localCheckpoint()
+    digests = rows.where(F.col("band") < 0).select("id", "sha")
+    reps = digests.groupBy("sha").agg(F.min("id").alias("rep"), F.count("*").alias("n")).where("n > 1")
+    exact = digests.join(reps, "sha").where("id != rep").select("id", "rep").localCheckpoint()
+    bands = rows.where(F.col("band") >= 0).select("id", "band", "key").join(small_ids(exact.select("id")), "id", "left_anti")
+    return rows, exact, bands
 
 
 def verify_pairs(ngram: int):
@@ -125,17 +165,6 @@ def verify_pairs(ngram: int):
             yield pd.DataFrame({"a": pdf.a, "b": pdf.b, "jaccard": sims})
 
     return run
-
-
-def exact_groups(docs):
-    """(id, rep) for every non-blank document whose text also appears under a smaller id (rep)."""
-    from pyspark.sql import functions as F
-
-    # Only (id, sha) is shuffled, never the text.
-    # (?U): Unicode whitespace, as Python's str.split() (shingles) uses; a blank text has no shingles.
-    nonblank = docs.where(F.col("text").rlike(r"(?U)\S")).select("id", F.sha2("text", 256).alias("sha"))
-    reps = nonblank.groupBy("sha").agg(F.min("id").alias("rep"), F.count("*").alias("n")).where("n > 1")
-    return nonblank.join(reps, "sha").where("id != rep").select("id", "rep")
 
 
 def _bucket_pairs(band, key, fresh=None):
@@ -230,26 +259,48 @@ GROUPED_VERIFY_MAX_GROUP = 20_000
 
 
 def _verify_groups(group_pairs: dict, ngram: int):
-    """mapInArrow function: (id, text, g) rows, all of a group in one partition -> (a, b, jaccard)."""
+    """mapInArrow function: (id, text, g) rows, all of a group in one partition -> (a, b, jaccard).
+
+    Groups are verified in chunks of about :data:`SLICE_TEXT_BYTES` of text: each chunk's shingle sets
+    are built at once in numpy (:class:`ShingleSets`, exact); a pair it cannot prove exact (a 64-bit
+    key collision) is recomputed from Python sets.
+    """
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
         import pyarrow as pa
 
-        texts: dict[str, str] = {}
-        for rb in batches:
-            for i, t in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()):
-                texts[i] = t or ""
-        groups = sorted(g for g, pairs in group_pairs.items() if pairs[0][0] in texts)  # this partition's groups
+        got = [rb for rb in batches if rb.num_rows]
+        if not got:
+            return
+        table = pa.Table.from_batches(got)
+        ids = table.column(0).to_pylist()
+        text = table.column(1).combine_chunks()
+        row = {i: k for k, i in enumerate(ids)}
+        groups = sorted(g for g, pairs in group_pairs.items() if pairs[0][0] in row)  # this partition's groups
+        size = text_lengths(text)
         a_out, b_out, j_out = [], [], []
-        for g in groups:
-            sets: dict[str, set] = {}  # one group's shingle sets at a time: memory follows the largest group
-            for a, b in group_pairs[g]:
-                for i in (a, b):
-                    if i not in sets:
-                        sets[i] = shingle_tuples(texts[i], ngram)
-                a_out.append(a)
-                b_out.append(b)
-                j_out.append(jaccard(sets[a], sets[b]))
+        chunk, chunk_docs, chunk_bytes = [], set(), 0
+        for n, g in enumerate(groups):
+            members = {i for pair in group_pairs[g] for i in pair}
+            chunk.append(g)
+            chunk_docs |= members
+            chunk_bytes += int(size[[row[i] for i in members]].sum())
+            if chunk_bytes < SLICE_TEXT_BYTES and n + 1 < len(groups):
+                continue
+            docs = sorted(chunk_docs)
+            local = {i: k for k, i in enumerate(docs)}
+            sub = text.take(pa.array(np.array([row[i] for i in docs], dtype=np.int64)))
+            sets = ShingleSets(sub, ngram)
+            for c in chunk:
+                for x, y in group_pairs[c]:
+                    j = sets.jaccard(local[x], local[y])
+                    if j is None:  # not provably exact: Python sets
+                        j = jaccard(shingle_tuples(sub[local[x]].as_py() or "", ngram), shingle_tuples(sub[local[y]].as_py() or "", ngram))
+                    a_out.append(x)
+                    b_out.append(y)
+                    j_out.append(j)
+            chunk, chunk_docs, chunk_bytes = [], set(), 0
         yield pa.RecordBatch.from_arrays([pa.array(a_out, pa.string()), pa.array(b_out, pa.string()), pa.array(j_out, pa.float64())],
                                          names=["a", "b", "jaccard"])
 
@@ -417,9 +468,9 @@ def spread(docs):
 def _cached_docs(docs, cached: bool = False):
     """(id, text as strings, a cached DataFrame to unpersist when done or None).
 
-    ``cached``: the caller cached and spread ``docs`` (or the DataFrame it projects or filters), so
-    it is used as it is, its other columns ignored: the standalone command caches the records it
-    also writes out, so the texts are read once.
+    ``cached``: the caller placed ``docs`` (cached and spread, or splittable Parquet that spans the
+    cores, cheaper to read again than to cache), so it is used as it is, its other columns ignored:
+    the standalone command reads the records it also writes out.
     """
     from pyspark.sql import functions as F
 
@@ -442,9 +493,8 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
 
     t = StageTimer("near-dedup")
     docs, owned = _cached_docs(docs, cached)
-    exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
+    _, exact, bands = t.done("signatures", signature_rows(docs, params))
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
-    bands = t.done("signatures", _bands(reps, params).localCheckpoint())
     # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
     # (deep plans made Spark spend more time planning and describing queries than running them).
     pairs = t.done("candidates", candidate_pairs(bands).localCheckpoint())
@@ -512,9 +562,8 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     gens = _generations(index_dir)
     t = StageTimer("near-dedup (incremental)")
     docs, owned = _cached_docs(new_docs, cached)
-    exact = t.done("exact_copies", exact_groups(docs).localCheckpoint())
+    _, exact, new_bands = t.done("signatures", signature_rows(docs, params))
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
-    new_bands = _bands(reps, params).persist()
     bands = new_bands.withColumn("fresh", F.lit(True))
     old = spark.createDataFrame([], "id string, cluster_id string, text string")
     texts = reps
@@ -527,7 +576,7 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
         old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(small_ids(new_bands.select("band", "key").distinct()), ["band", "key"], "left_semi")
         bands = bands.unionByName(old_bands.select("id", "band", "key").withColumn("fresh", F.lit(False)))
         texts = reps.unionByName(old.select("id", "text"))
-    pairs = t.done("signatures_and_candidates", candidate_pairs(bands).localCheckpoint())
+    pairs = t.done("candidates", candidate_pairs(bands).localCheckpoint())
     verified = t.done("verification", verified_pairs(pairs, texts, params).localCheckpoint())
     ids = verified.select(F.col("a").alias("id")).unionByName(verified.select(F.col("b").alias("id"))).distinct()
     # Graph nodes: "0"+cluster for an indexed document (its whole stored cluster), "1"+id for a new one.
@@ -550,7 +599,6 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     }
     t.done("components")
     stats.update(t.stats())
-    new_bands.unpersist()
     if owned is not None:
         owned.unpersist()
     return clusters, stats
@@ -572,8 +620,7 @@ def update_index(spark, index_dir, new_docs, clusters, params: NearDedupParams =
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))
-    reps = docs.join(exact_groups(docs).select("id"), "id", "left_anti")
-    _bands(reps, params).write.parquet(str(tmp / "bands"))
+    signature_rows(docs, params)[2].write.parquet(str(tmp / "bands"))
     docs.join(clusters.select("id", "cluster_id"), "id").select("id", "cluster_id", "text").write.parquet(str(tmp / "docs"))
     (root / "params.json").write_text(json.dumps(asdict(params), sort_keys=True))
     tmp.rename(root / name)

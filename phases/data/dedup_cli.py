@@ -44,6 +44,35 @@ def _split_bad(records):
     return good, bad
 
 
+def _placed(df):
+    """(records, their cache or None): the input as near-dedup and the outputs will read it.
+
+    Splittable Parquet that already spans the cores is read where it lies, each time it is needed
+    (signatures, the texts to verify, ``kept/``): re-reading it costs less than building a cache of
+    every text. JSON (parsed once; its corrupt-record column can only be queried from a cache) and
+    input in fewer partitions than cores (e.g. one Parquet row group, spread by a shuffle that should
+    run once) are spread and cached.
+    """
+    spread_df = spread(df)
+    if CORRUPT in df.columns or spread_df is not df:
+        cached = spread_df.persist()
+        return cached, cached
+    return df, None
+
+
+def _bad_counts(records, bad) -> dict[str, int]:
+    """Quarantine counts per reason. Without a corrupt-record column the reasons are counted apart, so
+    that a text column without nulls is never read: Parquet statistics answer ``text IS NULL``."""
+    from pyspark.sql import functions as F
+
+    if CORRUPT in records.columns:
+        return {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
+    id_missing = F.col("id").isNull() | (F.trim(F.col("id")) == "")
+    counts = {"missing_id": records.where(id_missing).count(),
+              "missing_text": records.where(F.col("text").isNull()).where(~id_missing).count()}
+    return {k: v for k, v in counts.items() if v}
+
+
 def _read(spark, inputs: list[str]):
     paths = [os.path.abspath(p) for p in inputs]
     missing = [p for p in paths if not os.path.exists(p)]
@@ -86,19 +115,19 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     spark = spark_session(spark_master) if own else spark
     t.done("spark_start")
     try:
-        # Spread over the cores and cached: the check, near-dedup and the kept output all read it
-        # (a cache is also what lets Spark query the JSON reader's corrupt-record column).
-        loaded = spread(_read(spark, inputs).withColumn("id", F.col("id").cast("string"))).persist()
+        loaded, cache = _placed(_read(spark, inputs).withColumn("id", F.col("id").cast("string")))
         good, bad = _split_bad(loaded)
-        bad_counts = {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
+        bad_counts = _bad_counts(loaded, bad)
         if bad_counts:  # the good records get their own cache; the input's is dropped
             bad.write.parquet(str(tmp / "quarantine"))
-            records = cache = good.persist()
+            records = good.persist()
             if records.count() == 0:  # (this count also fills the cache before the input's goes)
                 raise DataError(f"dedup inputs {inputs} hold no valid record (quarantined: {bad_counts}); each record needs id and text")
-            loaded.unpersist()
-        else:  # all good: a filtered view of the cached input, read from its cache
-            records, cache = good, loaded
+            if cache is not None:
+                cache.unpersist()
+            cache = records
+        else:  # all good: the input as it is (its cache, when it has one), no filter to evaluate
+            records = loaded.drop("_file", CORRUPT)
         dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
@@ -130,7 +159,8 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         stats["seconds"] = round(time.perf_counter() - started, 2)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
         clusters.unpersist()
-        cache.unpersist()
+        if cache is not None:
+            cache.unpersist()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
