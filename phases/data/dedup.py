@@ -453,12 +453,25 @@ class StageTimer:
         return {f"seconds_{k}": v for k, v in self.seconds.items()}
 
 
-def spread(docs):
-    """``docs`` hash-partitioned by id when it has fewer partitions than cores (e.g. one Parquet row
-    group): otherwise every stage after it runs on one core."""
+def spread(docs, by_rows: bool = False):
+    """``docs`` hash-partitioned by id when its rows would otherwise sit on fewer cores than there are.
+
+    By default that is when it has fewer partitions than cores (e.g. one small file). ``by_rows``
+    counts the rows of each partition (one job; for Parquet it reads no column data) and also
+    spreads when one partition holds most of them: Spark splits a large Parquet file by bytes, but a
+    row group is read whole by the split holding its middle, so a file of one big row group comes as
+    one full partition and empty ones.
+    """
+    from pyspark.sql import functions as F
+
     try:
         cores = docs.sparkSession.sparkContext.defaultParallelism
-        if docs.rdd.getNumPartitions() < cores:
+        if by_rows:
+            sizes = [r[1] for r in docs.groupBy(F.spark_partition_id()).count().collect()]
+            uneven = len(sizes) < cores or max(sizes) > 1.5 * sum(sizes) / cores
+        else:
+            uneven = docs.rdd.getNumPartitions() < cores
+        if uneven:
             return docs.repartition(2 * cores, "id")
     except Exception:  # no RDD API (Spark Connect): leave the partitioning to Spark
         pass

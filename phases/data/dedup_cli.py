@@ -50,10 +50,10 @@ def _placed(df):
     Splittable Parquet that already spans the cores is read where it lies, each time it is needed
     (signatures, the texts to verify, ``kept/``): re-reading it costs less than building a cache of
     every text. JSON (parsed once; its corrupt-record column can only be queried from a cache) and
-    input in fewer partitions than cores (e.g. one Parquet row group, spread by a shuffle that should
-    run once) are spread and cached.
+    Parquet whose rows sit unevenly (e.g. one big row group: see :func:`spread`; spread by a shuffle
+    that should run once) are spread and cached.
     """
-    spread_df = spread(df)
+    spread_df = spread(df, by_rows=CORRUPT not in df.columns)
     if CORRUPT in df.columns or spread_df is not df:
         cached = spread_df.persist()
         return cached, cached

@@ -191,6 +191,39 @@ def test_run_dedup_quarantines_bad_records_and_keeps_the_good(spark, tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("row_groups", [1, 4])
+def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, corpus, tmp_path, row_groups):
+    """Parquet spanning the cores is read where it lies; one row group is spread and cached. Null ids
+    and texts are quarantined from Parquet too (counted without reading a null-free text column)."""
+    import pyarrow as pa
+
+    from phases.data import dedup_cli
+
+    rows = [{"id": k, "text": v} for k, v in sorted(corpus.items())] + [{"id": None, "text": "no id"}, {"id": "z-null", "text": None}]
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=-(-len(rows) // row_groups))
+    # A tiny file is one split by default; small splits let its row groups spread over the cores.
+    conf = {"spark.sql.files.maxPartitionBytes": "1k", "spark.sql.files.openCostInBytes": "1"}
+    before = {k: spark.conf.get(k) for k in conf}
+    try:
+        for k, v in conf.items():
+            spark.conf.set(k, v)
+        placed, cache = dedup_cli._placed(dedup_cli._read(spark, [str(src)]))
+        assert (cache is None) == (row_groups > 1)
+        if cache is not None:
+            cache.unpersist()
+        stats = run_dedup([str(src)], str(tmp_path / "out"), spark=spark)
+    finally:
+        for k, v in before.items():
+            spark.conf.set(k, v)
+    assert (stats["quarantined_missing_id"], stats["quarantined_missing_text"], stats["docs"]) == (1, 1, len(corpus))
+    removed = {r["id"] for r in pq.read_table(tmp_path / "out" / "clusters.parquet").to_pylist() if not r["kept"]}
+    assert removed == {"n03", "n07a", "d07", "x05"}
+    assert {r["id"] for r in pq.read_table(tmp_path / "out" / "kept").to_pylist()} == set(corpus) - removed
+    raw = dedup_cli._read(spark, [str(src)])
+    assert dedup_cli._bad_counts(raw, dedup_cli._split_bad(raw)[1]) == {"missing_id": 1, "missing_text": 1}
+
+
 def test_join_verification_agrees_with_grouped_verification(spark, corpus, monkeypatch):
     from phases.data import dedup
 
