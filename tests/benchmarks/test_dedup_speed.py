@@ -3,12 +3,20 @@
 Run: .venv/bin/pytest -m benchmark tests/benchmarks/test_dedup_speed.py -s
 DEDUP_SPEED_DOCS (default 20000; the goal is stated for 100000) sets the corpus size.
 Writes tests/benchmarks/results/dedup-speed-<date>.md, then asserts the goals (scaled to the size).
+
+The corpus is written twice: in Parquet row groups of 10,000 documents (~34 MB, what Spark or a
+dataset shard writes; the headline) and as one row group (Spark then reads the file with one task,
+and the command spreads it by a shuffle). Before timing, a small run in another process makes sure
+the Spark driver's class-data-sharing archive exists (phases/data/cds.py): the steady state of a
+machine that ran the command before.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +50,23 @@ def datasketch_baseline(rows, num_perm=128, ngram=5, threshold=0.8) -> tuple[flo
     return time.perf_counter() - t0, len(pairs)
 
 
+def ensure_cds_archive(src: Path, out: Path) -> str:
+    """Runs the command once on ``src`` in another process, so the driver's class archive is recorded
+    (at that JVM's exit) and adopted; returns the JVM options a timed start gets."""
+    from phases.data import cds
+
+    opts = cds.driver_java_options()
+    if not opts.startswith("-XX:SharedArchiveFile="):
+        code = f"from phases.data.dedup_cli import run_dedup; run_dedup([{str(src)!r}], {str(out)!r}, spark_master='local[2]')"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2], capture_output=True)
+        for _ in range(60):  # the recording JVM writes the archive as it exits
+            opts = cds.driver_java_options()
+            if opts.startswith("-XX:SharedArchiveFile="):
+                break
+            time.sleep(1)
+    return opts
+
+
 def signature_rate(texts, hashing: str) -> float:
     """Signature stage alone, one process (= one core): documents per second."""
     perms = Permutations(128, 1)
@@ -53,17 +78,23 @@ def signature_rate(texts, hashing: str) -> float:
 @pytest.mark.benchmark
 def test_dedup_speed(tmp_path):
     rows = synthetic_corpus(DOCS, seed=1)
-    src = tmp_path / "docs.parquet"
-    pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), src)
+    table = pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]})
+    layouts = {"row groups of 10k docs": tmp_path / "docs-rg.parquet", "one row group": tmp_path / "docs.parquet"}
+    pq.write_table(table, layouts["row groups of 10k docs"], row_group_size=10_000)
+    pq.write_table(table, layouts["one row group"], row_group_size=len(rows))
     mb = sum(len(t) for _, t in rows) / 1e6
     load_before = load()
+    small = tmp_path / "warm.parquet"
+    pq.write_table(table.slice(0, 2000), small)
+    jvm_opts = ensure_cds_archive(small, tmp_path / "warm-out")
     sample = [t for _, t in rows[:5000]]
     rates = {h: signature_rate(sample, h) for h in HASHINGS}
     ours = {}
     for h in HASHINGS:
-        t0 = time.perf_counter()
-        stats = run_dedup([str(src)], str(tmp_path / f"out-{h}"), spark_master="local[2]", hashing=h)
-        ours[h] = (time.perf_counter() - t0, stats)
+        for layout, src in layouts.items():
+            t0 = time.perf_counter()
+            stats = run_dedup([str(src)], str(tmp_path / f"out-{h}-{len(ours)}"), spark_master="local[2]", hashing=h)
+            ours[h, layout] = (time.perf_counter() - t0, stats)
     base_s, base_pairs = datasketch_baseline(rows)
     scale = 100_000 / DOCS
     # The issue states its goal on a machine where this baseline takes ~92 s: the same work scaled to it.
@@ -72,18 +103,19 @@ def test_dedup_speed(tmp_path):
              f"Machine: {machine()}. {versions()}. At the start: {load_before}; at the end: {load()}.",
              f"Corpus: {DOCS} synthetic documents, {mb:.0f} MB (1-5 KB each, 30% near copies). ngram=5, num_perm=128, tau=0.8, "
              f"Spark local[2] (end to end: session start, Parquet read, signatures, buckets, verification, components, "
-             f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.", "",
+             f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.",
+             f"Spark driver JVM options: `{jvm_opts or 'none'}` (class-data-sharing archive from an earlier run).", "",
              "| measure | value | per 100k docs (linear) | goal |", "|---|---|---|---|",
              f"| datasketch baseline | {base_s:.1f} s ({base_pairs} candidate pairs) | {base_s * scale:.0f} s | reference ~92 s |"]
-    for h, (secs, st) in ours.items():
-        lines.append(f"| ours end to end, hashing={h} | {secs:.1f} s ({st['verified_pairs']} verified of {st['candidate_pairs']} candidates, "
+    for (h, layout), (secs, st) in ours.items():
+        lines.append(f"| ours end to end, hashing={h}, {layout} | {secs:.1f} s ({st['verified_pairs']} verified of {st['candidate_pairs']} candidates, "
                      f"{st['removed']} removed) | {secs * scale:.0f} s, {base_s / secs:.2f}x faster than baseline; "
                      f"{secs * scale * norm:.0f} s scaled to the ~92 s reference machine | <= 30 s |")
     for h, r in rates.items():
         lines.append(f"| signature stage, hashing={h} | {r:,.0f} docs/s per core ({r / norm:,.0f} scaled) | | >= 10,000 docs/s per core |")
-    for h, (secs, st) in ours.items():
+    for (h, layout), (secs, st) in ours.items():
         stages = ", ".join(f"{k[len('seconds_'):]} {v:.1f}" for k, v in st.items() if k.startswith("seconds_"))
-        lines += ["", f"Stages, hashing={h} (seconds, each ends in an action): {stages}."]
+        lines += ["", f"Stages, hashing={h}, {layout} (seconds, each ends in an action): {stages}."]
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)
