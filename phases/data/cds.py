@@ -68,8 +68,6 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
     directory = cache_dir() if directory is None else directory
     now = time.time() if now is None else now
     final = directory / f"spark-cds-{archive_key()}.jsa"
-    if final.exists():
-        return f"-XX:SharedArchiveFile={final} {QUIET}"
     recording = False
     for tmp in sorted(directory.glob(final.name + ".*.tmp")):
         try:
@@ -83,15 +81,15 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
             recording = True
             continue
         try:
-            if tmp.stat().st_size > 0:
+            if tmp.stat().st_size > 0 and not final.exists():
                 tmp.replace(final)  # atomic: a start sees the whole archive or none
             else:
-                tmp.unlink()  # its JVM was killed before it wrote
+                tmp.unlink()  # its JVM was killed before it wrote, or another recording won
             jvm_note.unlink(missing_ok=True)
         except OSError:
             continue
-        if final.exists():
-            return f"-XX:SharedArchiveFile={final} {QUIET}"
+    if final.exists():
+        return f"-XX:SharedArchiveFile={final} {QUIET}"
     if recording:
         return ""
     try:

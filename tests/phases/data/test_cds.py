@@ -67,3 +67,14 @@ def test_an_empty_recording_is_dropped_and_recording_starts_again(archive_dir):
 def test_switched_off(archive_dir, monkeypatch):
     monkeypatch.setenv("LIFECYCLE_SPARK_CDS", "0")
     assert cds.driver_java_options(archive_dir) == ""
+
+
+def test_a_finished_recording_beside_an_archive_is_removed(archive_dir):
+    """Two recordings can finish (a start that saw none alive); the second is not kept as a stray 150 MB file."""
+    final = archive_dir / f"spark-cds-{cds.archive_key()}.jsa"
+    final.write_bytes(b"first")
+    tmp = archive_dir / f"{final.name}.{_dead_pid()}.tmp"
+    tmp.write_bytes(b"second")
+    cds.note_recorder(f"-XX:ArchiveClassesAtExit={tmp}", _dead_pid())
+    assert cds.driver_java_options(archive_dir).startswith(f"-XX:SharedArchiveFile={final} ")
+    assert sorted(p.name for p in archive_dir.iterdir()) == [final.name] and final.read_bytes() == b"first"
