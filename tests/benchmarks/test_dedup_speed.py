@@ -2,7 +2,8 @@
 
 Run: .venv/bin/pytest -m benchmark tests/benchmarks/test_dedup_speed.py -s
 DEDUP_SPEED_DOCS (default 20000; the goal is stated for 100000) sets the corpus size.
-Writes tests/benchmarks/results/dedup-speed-<date>.md, then asserts the goals (scaled to the size).
+Writes tests/benchmarks/results/dedup-speed-<date>.md, then asserts the goals (scaled to the size, and to
+the issue's reference machine by the same-session datasketch baseline: ~92 s there).
 
 The corpus is written twice: in Parquet row groups of 10,000 documents (~34 MB, what Spark or a
 dataset shard writes; the headline) and as one row group (Spark then reads the file with one task,
@@ -14,6 +15,7 @@ machine that ran the command before.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phases.data.dedup_cli import run_dedup
 from phases.data.minhash import Permutations, shingles, signatures
 from tests.benchmarks.dedup_corpus import synthetic_corpus
 from tests.benchmarks.test_dedup_quality import load, machine, versions
@@ -50,6 +51,22 @@ def datasketch_baseline(rows, num_perm=128, ngram=5, threshold=0.8) -> tuple[flo
     return time.perf_counter() - t0, len(pairs)
 
 
+ROOT = Path(__file__).parents[2]
+
+
+def run_cold(src: Path, out: Path, hashing: str = "token") -> tuple[float, dict]:
+    """``run_dedup`` in a new process, so a new JVM, as a nightly run starts: (process seconds, stats).
+
+    ``stats["seconds"]`` is the command's own end to end (Spark start to output written)."""
+    code = ("import json; from phases.data.dedup_cli import run_dedup; "
+            f"print('STATS' + json.dumps(run_dedup([{str(src)!r}], {str(out)!r}, spark_master='local[2]', hashing={hashing!r})))")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return secs, json.loads(next(line[5:] for line in proc.stdout.splitlines() if line.startswith("STATS")))
+
+
 def ensure_cds_archive(src: Path, out: Path) -> str:
     """Runs the command once on ``src`` in another process, so the driver's class archive is recorded
     (at that JVM's exit) and adopted; returns the JVM options a timed start gets."""
@@ -57,8 +74,7 @@ def ensure_cds_archive(src: Path, out: Path) -> str:
 
     opts = cds.driver_java_options()
     if not opts.startswith("-XX:SharedArchiveFile="):
-        code = f"from phases.data.dedup_cli import run_dedup; run_dedup([{str(src)!r}], {str(out)!r}, spark_master='local[2]')"
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2], capture_output=True)
+        run_cold(src, out)
         for _ in range(60):  # the recording JVM writes the archive as it exits
             opts = cds.driver_java_options()
             if opts.startswith("-XX:SharedArchiveFile="):
@@ -92,9 +108,8 @@ def test_dedup_speed(tmp_path):
     ours = {}
     for h in HASHINGS:
         for layout, src in layouts.items():
-            t0 = time.perf_counter()
-            stats = run_dedup([str(src)], str(tmp_path / f"out-{h}-{len(ours)}"), spark_master="local[2]", hashing=h)
-            ours[h, layout] = (time.perf_counter() - t0, stats)
+            process_s, stats = run_cold(src, tmp_path / f"out-{h}-{len(ours)}", h)
+            ours[h, layout] = (stats["seconds"], stats, process_s)
     base_s, base_pairs = datasketch_baseline(rows)
     scale = 100_000 / DOCS
     # The issue states its goal on a machine where this baseline takes ~92 s: the same work scaled to it.
@@ -102,23 +117,24 @@ def test_dedup_speed(tmp_path):
     lines = [f"# Near-dedup speed, {datetime.date.today().isoformat()}", "",
              f"Machine: {machine()}. {versions()}. At the start: {load_before}; at the end: {load()}.",
              f"Corpus: {DOCS} synthetic documents, {mb:.0f} MB (1-5 KB each, 30% near copies). ngram=5, num_perm=128, tau=0.8, "
-             f"Spark local[2] (end to end: session start, Parquet read, signatures, buckets, verification, components, "
+             f"Spark local[2], each run in a new process (end to end: session start, Parquet read, signatures, buckets, verification, components, "
              f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.",
              f"Spark driver JVM options: `{jvm_opts or 'none'}` (class-data-sharing archive from an earlier run).", "",
              "| measure | value | per 100k docs (linear) | goal |", "|---|---|---|---|",
              f"| datasketch baseline | {base_s:.1f} s ({base_pairs} candidate pairs) | {base_s * scale:.0f} s | reference ~92 s |"]
-    for (h, layout), (secs, st) in ours.items():
-        lines.append(f"| ours end to end, hashing={h}, {layout} | {secs:.1f} s ({st['verified_pairs']} verified of {st['candidate_pairs']} candidates, "
+    for (h, layout), (secs, st, process_s) in ours.items():
+        lines.append(f"| ours end to end, hashing={h}, {layout} | {secs:.1f} s; {process_s:.1f} s with the process start "
+                     f"({st['verified_pairs']} verified of {st['candidate_pairs']} candidates, "
                      f"{st['removed']} removed) | {secs * scale:.0f} s, {base_s / secs:.2f}x faster than baseline; "
                      f"{secs * scale * norm:.0f} s scaled to the ~92 s reference machine | <= 30 s |")
     for h, r in rates.items():
         lines.append(f"| signature stage, hashing={h} | {r:,.0f} docs/s per core ({r / norm:,.0f} scaled) | | >= 10,000 docs/s per core |")
-    for (h, layout), (secs, st) in ours.items():
+    for (h, layout), (secs, st, _) in ours.items():
         stages = ", ".join(f"{k[len('seconds_'):]} {v:.1f}" for k, v in st.items() if k.startswith("seconds_"))
         lines += ["", f"Stages, hashing={h}, {layout} (seconds, each ends in an action): {stages}."]
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"dedup-speed-{datetime.date.today().isoformat()}.md").write_text(report)
-    assert min(s for s, _ in ours.values()) * scale <= 30.0
+    assert min(s for s, _, _ in ours.values()) * scale * norm <= 30.0
     assert max(rates.values()) >= 10_000
