@@ -152,14 +152,23 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def _probe(send, target: int) -> bool:
+    """Whether signal 0 sent with ``send`` (os.kill or os.killpg) finds ``target``, ours or not."""
     try:
-        os.killpg(pgid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def _group_alive(pgid: int) -> bool:
+    return _probe(os.killpg, pgid)
+
+
+def pid_alive(pid: int) -> bool:
+    return _probe(os.kill, pid)
 
 
 def _error_line(tail: collections.deque) -> str:

@@ -24,6 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
+from phases.process import pid_alive
+
 # A recording whose JVM is unknown (its start failed before it was noted) is left this long after its
 # last write before it is adopted or removed.
 SETTLE_SECONDS = 20.0
@@ -51,18 +53,8 @@ def archive_key() -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def driver_java_options(directory: Path | None = None, now: float | None = None) -> str:
-    """The ``spark.driver.extraJavaOptions`` that share or record the archive ("" when off or busy)."""
+    """The ``spark.driver.defaultJavaOptions`` that share or record the archive ("" when off or busy)."""
     if os.environ.get("LIFECYCLE_SPARK_CDS", "1") == "0" or not _java_binary():
         return ""
     directory = cache_dir() if directory is None else directory
@@ -77,7 +69,7 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
             settled = now - tmp.stat().st_mtime >= SETTLE_SECONDS
         except (ValueError, OSError):
             continue
-        if _alive(pid) or (jvm is not None and _alive(jvm)) or (jvm is None and not settled):
+        if pid_alive(pid) or (jvm is not None and pid_alive(jvm)) or (jvm is None and not settled):
             recording = True
             continue
         try:

@@ -46,7 +46,8 @@ def spark_session(master: str, driver_memory: str = "2g"):
     fresh_jvm = SparkSession.getActiveSession() is None and SparkContext._gateway is None
     java_options = driver_java_options() if fresh_jvm else ""  # class data sharing: a faster driver start (phases/data/cds.py)
     if java_options:
-        builder = builder.config("spark.driver.extraJavaOptions", java_options)
+        # "default" options: a user's spark.driver.extraJavaOptions still apply after them.
+        builder = builder.config("spark.driver.defaultJavaOptions", java_options)
     spark = (
         builder.master(master)
         .appName("llm-lifecycle-data")
