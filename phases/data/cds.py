@@ -57,9 +57,12 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
     """The ``spark.driver.defaultJavaOptions`` that share or record the archive ("" when off or busy)."""
     if os.environ.get("LIFECYCLE_SPARK_CDS", "1") == "0" or not _java_binary():
         return ""
-    directory = cache_dir() if directory is None else directory
+    try:
+        directory = cache_dir() if directory is None else directory
+        final = directory / f"spark-cds-{archive_key()}.jsa"
+    except (RuntimeError, OSError):  # no home directory, no readable java: start without sharing
+        return ""
     now = time.time() if now is None else now
-    final = directory / f"spark-cds-{archive_key()}.jsa"
     recording = False
     for tmp in sorted(directory.glob(final.name + ".*.tmp")):
         try:
