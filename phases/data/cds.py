@@ -62,6 +62,8 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
         final = directory / f"spark-cds-{archive_key()}.jsa"
     except (RuntimeError, OSError):  # no home directory, no readable java: start without sharing
         return ""
+    if any(ch.isspace() for ch in str(final)):  # Spark splits Java options on whitespace
+        return ""
     now = time.time() if now is None else now
     recording = False
     for tmp in sorted(directory.glob(final.name + ".*.tmp")):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from phases.data.minhash import (HASHES, SCHEMES, Permutations, ShingleSets, band_keys, jaccard, optimal_bands, shingle_hashes, shingle_tuples,
-                                 SLICE_TEXT_BYTES, signatures_from_hashes, text_lengths, text_slices)
+                                 SLICE_TEXT_BYTES, signatures_from_hashes, string_buffers, text_lengths, text_slices)
 
 log = logging.getLogger("lifecycle.data.dedup")
 
@@ -80,15 +80,8 @@ def text_digests(text, rows) -> list[bytes]:
     """SHA-256 of the UTF-8 bytes of ``text[i]`` for each i in ``rows`` (an Arrow string array), read in place."""
     import hashlib
 
-    import numpy as np
-    import pyarrow as pa
-
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    _, offsets, data = text.buffers()
-    width = np.int64 if pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type) else np.int32
-    at = np.frombuffer(offsets, dtype=width)[text.offset:text.offset + len(text) + 1].tolist()
-    buf = memoryview(data) if data is not None else memoryview(b"")
+    at, buf = string_buffers(text)
+    at = at.tolist()
     sha = hashlib.sha256
     return [sha(buf[at[i]:at[i + 1]]).digest() for i in rows]
 
@@ -129,12 +122,12 @@ def band_rows(params: NearDedupParams):
 
 
 def signature_rows(docs, params: NearDedupParams):
-    """(rows, exact, bands) of ``docs`` (id, text), from one pass over the texts (:func:`band_rows`).
+    """(exact, bands) of ``docs`` (id, text), from one pass over the texts (:func:`band_rows`, its rows
+    materialized once by localCheckpoint).
 
-    rows: the pass's output (id, keys, sha), materialized (localCheckpoint); exact: (id, rep) for every
-    document whose text also appears under a smaller id, materialized; bands: (id, band, key) of the
-    other documents.
-    Only (id, digest) is shuffled to find exact copies, never the text.
+    exact: (id, rep) for every document whose text also appears under a smaller id, materialized;
+    bands: (id, band, key) of the other documents. Only (id, digest) is shuffled to find exact copies,
+    never the text.
     """
     from pyspark.sql import functions as F
 
@@ -146,7 +139,7 @@ def signature_rows(docs, params: NearDedupParams):
     exact = digests.join(reps, "sha").where("id != rep").select("id", "rep").localCheckpoint()
     bands = (rows.join(small_ids(exact.select("id")), "id", "left_anti")
              .select("id", F.posexplode("keys").alias("band", "key")))
-    return rows, exact, bands
+    return exact, bands
 
 
 def verify_pairs(ngram: int):
@@ -508,7 +501,7 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
 
     t = StageTimer("near-dedup")
     docs, owned = _cached_docs(docs, cached)
-    _, exact, bands = t.done("signatures", signature_rows(docs, params))
+    exact, bands = t.done("signatures", signature_rows(docs, params))
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
     # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
     # (deep plans made Spark spend more time planning and describing queries than running them).
@@ -577,7 +570,7 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     gens = _generations(index_dir)
     t = StageTimer("near-dedup (incremental)")
     docs, owned = _cached_docs(new_docs, cached)
-    _, exact, new_bands = t.done("signatures", signature_rows(docs, params))
+    exact, new_bands = t.done("signatures", signature_rows(docs, params))
     reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
     bands = new_bands.withColumn("fresh", F.lit(True))
     old = spark.createDataFrame([], "id string, cluster_id string, text string")
@@ -635,7 +628,7 @@ def update_index(spark, index_dir, new_docs, clusters, params: NearDedupParams =
     tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))
-    signature_rows(docs, params)[2].write.parquet(str(tmp / "bands"))
+    signature_rows(docs, params)[1].write.parquet(str(tmp / "bands"))
     docs.join(clusters.select("id", "cluster_id"), "id").select("id", "cluster_id", "text").write.parquet(str(tmp / "docs"))
     (root / "params.json").write_text(json.dumps(asdict(params), sort_keys=True))
     tmp.rename(root / name)

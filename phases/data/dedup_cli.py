@@ -29,7 +29,8 @@ QUARANTINE_REASONS = ("malformed_json", "missing_id", "missing_text")
 
 
 def _split_bad(records):
-    """(good records, quarantine rows: file, reason, raw) of cached ``records``."""
+    """(good records, quarantine rows: file, reason, raw) of ``records`` (cached when they hold a
+    corrupt-record column: Spark queries that column only from a cache)."""
     from pyspark.sql import functions as F
 
     corrupt = F.col(CORRUPT).isNotNull() if CORRUPT in records.columns else F.lit(False)

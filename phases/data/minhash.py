@@ -172,21 +172,25 @@ def _token_ids_python(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.n
     return list(vocab), np.array(ids, dtype=np.int64), lengths
 
 
-def _has_separator_controls(arr) -> bool:
-    """Whether any text of the Arrow string array holds one of the bytes 0x1c-0x1f."""
+def string_buffers(arr) -> tuple[np.ndarray, memoryview]:
+    """(offsets, data) of an Arrow string array, read in place: text i is ``data[offsets[i]:offsets[i + 1]]``."""
     import pyarrow as pa
 
-    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
-    for c in chunks:
-        _, offsets, data = c.buffers()
-        if data is None or not len(c):
-            continue
-        width = np.int64 if pa.types.is_large_string(c.type) else np.int32
-        at = np.frombuffer(offsets, dtype=width)[[c.offset, c.offset + len(c)]]
-        raw = np.frombuffer(data, dtype=np.uint8)[at[0]:at[1]]
-        if np.any((raw - np.uint8(0x1C)) < np.uint8(4)):
-            return True
-    return False
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    width = np.int64 if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type) else np.int32
+    if not len(arr):
+        return np.zeros(1, width), memoryview(b"")
+    _, offsets, data = arr.buffers()
+    at = np.frombuffer(offsets, dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+    return at, memoryview(data) if data is not None else memoryview(b"")
+
+
+def _has_separator_controls(arr) -> bool:
+    """Whether any text of the Arrow string array holds one of the bytes 0x1c-0x1f."""
+    at, data = string_buffers(arr)
+    raw = np.frombuffer(data, dtype=np.uint8)[at[0]:at[-1]]
+    return bool(np.any((raw - np.uint8(0x1C)) < np.uint8(4)))
 
 
 def _token_ids_arrow(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -346,9 +350,6 @@ class ShingleSets:
             ne = self.tid[pa + k] != self.tid[pb + k]
             differ |= (ne & (k < la)) if some_short else ne
         return differ
-
-    def __len__(self) -> int:
-        return len(self.bounds) - 1
 
     def size(self, i: int) -> int:
         return int(self.bounds[i + 1] - self.bounds[i])

@@ -78,3 +78,8 @@ def test_a_finished_recording_beside_an_archive_is_removed(archive_dir):
     cds.note_recorder(f"-XX:ArchiveClassesAtExit={tmp}", _dead_pid())
     assert cds.driver_java_options(archive_dir).startswith(f"-XX:SharedArchiveFile={final} ")
     assert sorted(p.name for p in archive_dir.iterdir()) == [final.name] and final.read_bytes() == b"first"
+
+
+def test_a_cache_path_with_whitespace_is_not_shared(tmp_path):
+    """Spark splits Java options on whitespace: such a path would break the driver's start."""
+    assert cds.driver_java_options(tmp_path / "with space") == ""

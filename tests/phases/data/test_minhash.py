@@ -158,6 +158,20 @@ def test_shingle_sets_never_trust_a_key_collision(monkeypatch, keys):
     assert all(got is None or got == want for got, want in answers)
 
 
+def test_text_digests_read_arrow_buffers_in_place():
+    """SHA-256 of each text's UTF-8 bytes, also for a sliced array (offset) and an empty one."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from phases.data.dedup import text_digests
+
+    texts = ["", "a", "naïve café", "x" * 1000, "tail"]
+    arr = pa.array(texts).slice(1, 3)
+    assert text_digests(arr, [0, 1, 2]) == [hashlib.sha256(t.encode()).digest() for t in texts[1:4]]
+    assert text_digests(pa.array([], pa.string()), []) == []
+
+
 def test_shingle_sets_distrust_every_text_of_a_colliding_run(monkeypatch):
     """Keys of "a" and "b" collide (a parity hash): texts holding either may not be compared by key,
     including the ones that are not next to each other in the sorted run of that key."""
