@@ -10,8 +10,12 @@ slower (14 s), once.
   own. A stale or damaged archive is only a lost speed-up: the JVM validates it and, with
   ``-Xshare:auto`` (the default), starts without it.
 - One recorder at a time: while a live process records, other starts neither record nor share.
-  A recording is written to a temporary name and adopted under the final name by a later start,
-  once both the Python process and its JVM (which writes the archive as it exits) have ended.
+  A recorder claims the recording (a ``.jvm`` note beside it, written before its JVM starts: the
+  archive itself appears only as that JVM exits). The recording is adopted under the final name
+  by a later start, once both the Python process and its JVM have ended.
+- Each start that shares an archive refreshes its modification time; archives of other Spark or
+  JDK installs (e.g. the virtual environment of an old clone) unused for :data:`UNUSED_DAYS` are
+  removed, so the cache does not grow by ~190 MB per install for ever.
 - ``LIFECYCLE_SPARK_CDS=0`` turns it off; ``LIFECYCLE_CACHE`` (default ``~/.cache/llm-lifecycle``)
   says where archives live.
 """
@@ -31,6 +35,8 @@ from phases.process import pid_alive
 SETTLE_SECONDS = 20.0
 # The JVM logs a warning per class it cannot archive (old bytecode versions in some jars): not wanted.
 QUIET = "-Xlog:cds*=off"
+# Archives of other keys unused for this long are removed when a start looks for its own.
+UNUSED_DAYS = 14
 
 
 def cache_dir() -> Path:
@@ -53,8 +59,35 @@ def archive_key() -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+def _recordings(directory: Path, final: Path) -> dict[int, tuple[Path, Path]]:
+    """recorder pid -> (its archive-to-be, its JVM note), for every recording of ``final`` found (either file)."""
+    found: dict[int, tuple[Path, Path]] = {}
+    for path in directory.glob(final.name + ".*.tmp*"):
+        middle = path.name[len(final.name) + 1:]
+        pid_text, _, rest = middle.partition(".")
+        if rest not in ("tmp", "tmp.jvm") or not pid_text.isdigit():
+            continue
+        tmp = directory / f"{final.name}.{pid_text}.tmp"
+        found[int(pid_text)] = (tmp, tmp.with_name(tmp.name + ".jvm"))
+    return found
+
+
+def _prune(directory: Path, final: Path, now: float) -> None:
+    """Removes archives of other keys unused for :data:`UNUSED_DAYS` (and their settled leftovers)."""
+    for path in directory.glob("spark-cds-*"):
+        if path.name.startswith(final.name):
+            continue
+        try:
+            if now - path.stat().st_mtime > UNUSED_DAYS * 86400:
+                path.unlink()
+        except OSError:
+            continue
+
+
 def driver_java_options(directory: Path | None = None, now: float | None = None) -> str:
-    """The ``spark.driver.defaultJavaOptions`` that share or record the archive ("" when off or busy)."""
+    """The ``spark.driver.defaultJavaOptions`` that share or record the archive ("" when off or busy).
+
+    Choosing to record claims the recording for this process (see the module docstring)."""
     if os.environ.get("LIFECYCLE_SPARK_CDS", "1") == "0" or not _java_binary():
         return ""
     try:
@@ -66,34 +99,44 @@ def driver_java_options(directory: Path | None = None, now: float | None = None)
         return ""
     now = time.time() if now is None else now
     recording = False
-    for tmp in sorted(directory.glob(final.name + ".*.tmp")):
+    for pid, (tmp, jvm_note) in sorted(_recordings(directory, final).items()):
         try:
-            pid = int(tmp.name[len(final.name) + 1:-len(".tmp")])
-            jvm_note = tmp.with_name(tmp.name + ".jvm")
-            jvm = int(jvm_note.read_text()) if jvm_note.exists() else None
-            settled = now - tmp.stat().st_mtime >= SETTLE_SECONDS
+            note = jvm_note.read_text().strip() if jvm_note.exists() else None
+            jvm = int(note) if note else None
+            written = tmp.exists()
+            settled = not written or now - tmp.stat().st_mtime >= SETTLE_SECONDS
         except (ValueError, OSError):
             continue
+        # Live: its process, or its JVM (writing the archive as it exits), or an archive of an unknown
+        # JVM written moments ago (its JVM may still be writing).
         if pid_alive(pid) or (jvm is not None and pid_alive(jvm)) or (jvm is None and not settled):
             recording = True
             continue
         try:
-            if tmp.stat().st_size > 0 and not final.exists():
+            if written and tmp.stat().st_size > 0 and not final.exists():
                 tmp.replace(final)  # atomic: a start sees the whole archive or none
             else:
-                tmp.unlink()  # its JVM was killed before it wrote, or another recording won
+                tmp.unlink(missing_ok=True)  # its JVM was killed before it wrote, or another recording won
             jvm_note.unlink(missing_ok=True)
         except OSError:
             continue
+    if directory.is_dir():
+        _prune(directory, final, now)
     if final.exists():
+        try:
+            os.utime(final)  # in use: kept by other installs' pruning
+        except OSError:
+            pass
         return f"-XX:SharedArchiveFile={final} {QUIET}"
     if recording:
         return ""
+    tmp = directory / f"{final.name}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        tmp.with_name(tmp.name + ".jvm").write_text("")  # the claim: no JVM yet
     except OSError:
         return ""
-    return f"-XX:ArchiveClassesAtExit={directory / f'{final.name}.{os.getpid()}.tmp'} {QUIET}"
+    return f"-XX:ArchiveClassesAtExit={tmp} {QUIET}"
 
 
 def note_recorder(java_options: str, jvm_pid: int) -> None:
