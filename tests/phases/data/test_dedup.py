@@ -52,7 +52,7 @@ def _bucket_rows(rows, batch):
     """Band rows sorted as candidate_pairs sorts them, as Arrow record batches of ``batch`` rows."""
     import pyarrow as pa
 
-    t = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["band"], r["key"], r["id"])))
+    t = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["key"], r["band"], r["id"])))
     return t.to_batches(max_chunksize=batch)
 
 
