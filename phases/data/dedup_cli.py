@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index
 from phases.errors import DataError
@@ -45,31 +45,54 @@ def _split_bad(records):
     return good, bad
 
 
-def _placed(df):
+class InputSummary(NamedTuple):
+    sizes: list[int]     # rows per non-empty input partition
+    missing_id: int      # records without an id (null or blank)
+    ids_repeat: bool     # some id occurs more than once (among all records: a repeat may be quarantined)
+
+
+def _summary(df) -> InputSummary:
+    """What the input checks need from records without a corrupt-record column (Parquet), in one job
+    that reads only the id column: rows per input partition (for :func:`spread`; an id's rows count
+    in its first partition), ids missing, ids repeated."""
+    from pyspark.sql import functions as F
+
+    id_missing = F.col("id").isNull() | (F.trim(F.col("id")) == "")
+    per_id = (df.select("id", F.spark_partition_id().alias("p"))
+              .groupBy("id").agg(F.count("*").alias("n"), F.min("p").alias("p")))
+    rows = (per_id.groupBy("p").agg(F.sum("n").alias("rows"), F.sum(F.when(id_missing, F.col("n")).otherwise(0)).alias("missing"),
+                                    F.max(F.when(~id_missing, F.col("n"))).alias("most"))
+            .collect())
+    return InputSummary([r["rows"] for r in rows], sum(r["missing"] for r in rows), any((r["most"] or 0) > 1 for r in rows))
+
+
+def _placed(df, summary: InputSummary | None = None):
     """(records, their cache or None): the input as near-dedup and the outputs will read it.
 
     Splittable Parquet that already spans the cores is read where it lies, each time it is needed
     (signatures, the texts to verify, ``kept/``): re-reading it costs less than building a cache of
     every text. JSON (parsed once; its corrupt-record column can only be queried from a cache) and
     Parquet whose rows sit unevenly (e.g. one big row group: see :func:`spread`; spread by a shuffle
-    that should run once) are spread and cached.
+    that should run once) are spread and cached. ``summary``: the input's :func:`_summary` (its rows
+    per partition), None for JSON.
     """
-    spread_df = spread(df, by_rows=CORRUPT not in df.columns)
+    spread_df = spread(df, sizes=summary.sizes if summary is not None else None)
     if CORRUPT in df.columns or spread_df is not df:
         cached = spread_df.persist()
         return cached, cached
     return df, None
 
 
-def _bad_counts(records, bad) -> dict[str, int]:
+def _bad_counts(records, bad, summary: InputSummary | None = None) -> dict[str, int]:
     """Quarantine counts per reason. Without a corrupt-record column the reasons are counted apart, so
-    that a text column without nulls is never read: Parquet statistics answer ``text IS NULL``."""
+    that a text column without nulls is never read: Parquet statistics answer ``text IS NULL``
+    (missing ids come from ``summary`` when given)."""
     from pyspark.sql import functions as F
 
     if CORRUPT in records.columns:
         return {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
     id_missing = F.col("id").isNull() | (F.trim(F.col("id")) == "")
-    counts = {"missing_id": records.where(id_missing).count(),
+    counts = {"missing_id": summary.missing_id if summary is not None else records.where(id_missing).count(),
               "missing_text": records.where(F.col("text").isNull()).where(~id_missing).count()}
     return {k: v for k, v in counts.items() if v}
 
@@ -116,9 +139,11 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     spark = spark_session(spark_master) if own else spark
     t.done("spark_start")
     try:
-        loaded, cache = _placed(_read(spark, inputs).withColumn("id", F.col("id").cast("string")))
+        df = _read(spark, inputs).withColumn("id", F.col("id").cast("string"))
+        summary = None if CORRUPT in df.columns else _summary(df)
+        loaded, cache = _placed(df, summary)
         good, bad = _split_bad(loaded)
-        bad_counts = _bad_counts(loaded, bad)
+        bad_counts = _bad_counts(loaded, bad, summary)
         if bad_counts:  # the good records get their own cache; the input's is dropped
             bad.write.parquet(str(tmp / "quarantine"))
             records = good.persist()
@@ -129,7 +154,8 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
             cache = records
         else:  # all good: the input as it is (its cache, when it has one), no filter to evaluate
             records = loaded.drop("_file", CORRUPT)
-        dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect()
+        # Reused ids among the valid records (Parquet: only when the summary saw an id twice).
+        dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect() if summary is None or summary.ids_repeat else []
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
         t.done("input_check")
@@ -143,10 +169,11 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         parts = list((tmp / "_clusters").glob("part-*.parquet"))
         parts[0].rename(tmp / "clusters.parquet")
         shutil.rmtree(tmp / "_clusters")
-        # Anti-join with the (few, broadcast) removed ids: the texts are written without a shuffle.
+        # Anti-join with the (few, broadcast) removed ids: the texts are written without a shuffle, in
+        # the input's order (sorting them by id first cost ~0.3 s per 100k documents and bought nothing).
         removed = clusters.where(~F.col("kept")).select("id")
         kept = records.join(small_ids(removed), "id", "left_anti")
-        kept.sortWithinPartitions("id").write.parquet(str(tmp / "kept"))
+        kept.write.parquet(str(tmp / "kept"))
         for marker in (tmp / "kept").glob("_*"):
             marker.unlink()
         stats["kept"] = stats["docs"] - stats["removed"]

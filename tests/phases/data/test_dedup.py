@@ -6,6 +6,7 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
+from phases.data import dedup
 from phases.data.dedup import NearDedupParams, connected_components, near_dedup, near_dedup_incremental, update_index
 from phases.data.dedup_cli import run_dedup
 from phases.data.minhash import jaccard, shingles
@@ -125,7 +126,10 @@ def test_connected_components_of_a_long_chain(spark):
         assert labels["x"] == labels["y"] == labels["z"] == "x"
 
 
-def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp_path):
+@pytest.mark.parametrize("driver_edges", [None, 0])  # the graph labelled on the driver (default), or on Spark
+def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp_path, monkeypatch, driver_edges):
+    if driver_edges is not None:
+        monkeypatch.setattr(dedup, "DRIVER_COMPONENTS_EDGES", driver_edges)
     rng = random.Random(3)
     old = {k: v for k, v in corpus.items() if k.startswith(("d", "b"))}
     new = {"p01": _edit(rng, corpus["d03"], 1), "p02": _doc(rng), "p03": corpus["d05"], "p04": _edit(rng, corpus["d11"], 2)}
@@ -150,6 +154,25 @@ def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp
     assert got2 == {"a00": ("d03", False), "a01": ("p02", False)}
     with pytest.raises(ValueError, match="same parameters"):
         near_dedup_incremental(spark, night2, index, NearDedupParams(ngram=3))
+
+
+@pytest.mark.parametrize("driver_edges", [None, 0])
+def test_incremental_new_document_bridging_two_indexed_clusters(spark, tmp_path, monkeypatch, driver_edges):
+    """x and y (Jaccard 0.79) are two indexed clusters; the new z (0.89 to both) joins them under the smaller
+    id, and the bridge is counted (the indexed documents keep their stored ids)."""
+    if driver_edges is not None:
+        monkeypatch.setattr(dedup, "DRIVER_COMPONENTS_EDGES", driver_edges)
+    old = {"x1": " ".join(WORDS[0:200]), "y1": " ".join(WORDS[23:223])}
+    assert jaccard(shingles(old["x1"], 5), shingles(old["y1"], 5)) < 0.8
+    params = NearDedupParams()
+    old_df = spark.createDataFrame(sorted(old.items()), "id string, text string")
+    old_clusters, old_stats = near_dedup(spark, old_df, params)
+    assert old_stats["removed"] == 0
+    update_index(spark, tmp_path / "index", old_df, old_clusters, params)
+    new_df = spark.createDataFrame([("z1", " ".join(WORDS[11:211]))], "id string, text string")
+    inc, stats = near_dedup_incremental(spark, new_df, tmp_path / "index", params)
+    assert {r["id"]: (r["cluster_id"], r["kept"]) for r in inc.collect()} == {"z1": ("x1", False)}
+    assert stats["bridged_clusters"] == 1 and stats["verified_pairs"] == 2
 
 
 def test_run_dedup_writes_outputs(spark, corpus, tmp_path):
@@ -208,7 +231,10 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     try:
         for k, v in conf.items():
             spark.conf.set(k, v)
-        placed, cache = dedup_cli._placed(dedup_cli._read(spark, [str(src)]))
+        read = dedup_cli._read(spark, [str(src)])
+        summary = dedup_cli._summary(read)
+        assert (sum(summary.sizes), summary.missing_id, summary.ids_repeat) == (len(rows), 1, False)
+        placed, cache = dedup_cli._placed(read, summary)
         assert (cache is None) == (row_groups > 1)
         if cache is not None:
             cache.unpersist()
@@ -222,6 +248,30 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     assert {r["id"] for r in pq.read_table(tmp_path / "out" / "kept").to_pylist()} == set(corpus) - removed
     raw = dedup_cli._read(spark, [str(src)])
     assert dedup_cli._bad_counts(raw, dedup_cli._split_bad(raw)[1]) == {"missing_id": 1, "missing_text": 1}
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_run_dedup_rejects_reused_ids_unless_the_repeat_is_quarantined(spark, tmp_path, kind):
+    import pyarrow as pa
+
+    from phases.errors import DataError
+
+    def write(name, rows):
+        path = tmp_path / f"{name}.{kind}"
+        if kind == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("text", pa.string())])), path)
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    reused = write("reused", [{"id": "a", "text": "one text here"}, {"id": "b", "text": "two"}, {"id": "a", "text": "another text"}])
+    with pytest.raises(DataError, match=r"reuse ids \(e.g. \['a'\]\)"):
+        run_dedup([reused], str(tmp_path / "out1"), spark=spark)
+    assert not (tmp_path / "out1").exists()
+    # The second "a" has no text: it is quarantined, and the valid records' ids are unique.
+    quarantined = write("ok", [{"id": "a", "text": "one text here"}, {"id": "b", "text": "two"}, {"id": "a", "text": None}])
+    stats = run_dedup([quarantined], str(tmp_path / "out2"), spark=spark)
+    assert (stats["docs"], stats["quarantined_missing_text"]) == (2, 1)
 
 
 def test_join_verification_agrees_with_grouped_verification(spark, corpus, monkeypatch):
