@@ -11,7 +11,7 @@ shingles with ``update`` (tests pin this). Two shingle hash functions:
 - ``"sha1"``: datasketch's default ``sha1_hash32`` of the shingle bytes (one hashlib call per
   shingle; identical to ``MinHash(num_perm, seed)``).
 - ``"token"``: a 64-bit xxh3 hash per distinct token, combined over the n tokens of a shingle
-  with numpy, folded to 32 bits. Much faster (the Python work is per distinct token of a batch,
+  with numpy (a sum with a multiplier per position, then one 64-bit mix), folded to 32 bits. Much faster (the Python work is per distinct token of a batch,
   not per shingle); identical to ``MinHash(num_perm, seed, hashfunc=token_shingle_hash(ngram))``.
 
 Schemes follow datasketch 2.0: ``"affine32"`` (its default: MurmurHash3 fmix32 pre-mix, then
@@ -139,24 +139,42 @@ def sha1_hashes(shingle_list: Iterable[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join([sha1(s).digest()[:4] for s in shingle_list]), dtype="<u4")
 
 
+def _fmix64_int(x: int) -> int:
+    """:func:`_fmix64` of one Python int (the reference, written without numpy)."""
+    mask = (1 << 64) - 1
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & mask
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & mask
+    return x ^ (x >> 33)
+
+
+def _position(k: int) -> int:
+    """The odd multiplier of the k-th token hash of a window (fixed: part of the "token" hash)."""
+    return _fmix64_int(((k + 1) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) | 1
+
+
 def token_shingle_hash(ngram: int):
-    """The ``"token"`` shingle hash as a datasketch ``hashfunc`` (reference for tests)."""
+    """The ``"token"`` shingle hash as a datasketch ``hashfunc``, in plain Python (reference for tests):
+    ``fmix64(sum_k position(k) * xxh3_64(token_k) + n mod 2^64) >> 32`` over the shingle's n tokens."""
     import xxhash
 
     def h(shingle: bytes) -> int:
         toks = shingle.split(b" ")
-        th = np.array([xxhash.xxh3_64_intdigest(t) for t in toks], dtype=np.uint64)
-        return int(_combine(th, len(toks))[0])
+        acc = sum(_position(k) * xxhash.xxh3_64_intdigest(t) for k, t in enumerate(toks)) + len(toks)
+        return _fmix64_int(acc & ((1 << 64) - 1)) >> 32
 
     return h
 
 
 def _combine(token_hashes: np.ndarray, n: int) -> np.ndarray:
-    """32-bit hashes of every window of ``n`` consecutive token hashes (order-sensitive)."""
+    """32-bit hashes of every window of ``n`` consecutive token hashes (order-sensitive: each position
+    has its own odd multiplier). One mix per window, not one per token: ~3x fewer numpy passes than
+    mixing after every token (the token hashes are already mixed)."""
     m = len(token_hashes) - n + 1
-    h = token_hashes[:m].copy()
+    h = token_hashes[:m] * _U64(_position(0))
     for k in range(1, n):
-        h = _fmix64(h * _GOLDEN + token_hashes[k:k + m])
+        h += token_hashes[k:k + m] * _U64(_position(k))
     return (_fmix64(h + _U64(n)) >> _U64(32)).astype(np.uint32)
 
 

@@ -43,6 +43,20 @@ def test_token_signatures_equal_datasketch_with_token_hashfunc(scheme):
         assert np.array_equal(row, _datasketch(text, 128, 3, scheme, 5, token_shingle_hash(5))), text
 
 
+def test_token_hash_is_order_sensitive_and_numpy_equals_the_reference():
+    import xxhash
+
+    from phases.data.minhash import _combine
+
+    h = token_shingle_hash(3)
+    assert len({h(b"a b c"), h(b"b a c"), h(b"c b a"), h(b"a b"), h(b"a")}) == 5
+    tokens = [f"t{i}".encode() for i in range(12)]
+    th = np.array([xxhash.xxh3_64_intdigest(t) for t in tokens], dtype=np.uint64)
+    for n in range(1, 7):
+        want = [token_shingle_hash(n)(b" ".join(tokens[i:i + n])) for i in range(12 - n + 1)]
+        assert _combine(th, n).tolist() == want
+
+
 def test_permutations_are_datasketchs():
     for scheme in ("affine32", "legacy"):
         p = Permutations(32, 9, scheme)
