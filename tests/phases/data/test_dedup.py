@@ -154,6 +154,9 @@ def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp
     assert got2 == {"a00": ("d03", False), "a01": ("p02", False)}
     with pytest.raises(ValueError, match="same parameters"):
         near_dedup_incremental(spark, night2, index, NearDedupParams(ngram=3))
+    reused = spark.createDataFrame([("d03", "a new text under an indexed id")], "id string, text string")
+    with pytest.raises(ValueError, match="reuse ids already in the index"):
+        near_dedup_incremental(spark, reused, index, params)
 
 
 @pytest.mark.parametrize("driver_edges", [None, 0])
