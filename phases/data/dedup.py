@@ -553,13 +553,31 @@ def _generations(index_dir) -> list:
     return sorted(p for p in Path(index_dir).glob("gen-*") if p.is_dir()) if index_dir else []
 
 
+# The version of each shingle hash's signatures, kept in an index's params.json: an index whose band
+# keys came from another version cannot be matched against (its near-duplicates would go unseen).
+# token 2 (2026-11-27): one 64-bit mix per window instead of one per token.
+SIGNATURE_VERSIONS = {"sha1": 1, "token": 2}
+
+
+def _index_meta(params: NearDedupParams) -> dict:
+    return {**asdict(params), "signature_version": SIGNATURE_VERSIONS[params.hashing]}
+
+
 def _check_index_params(index_dir, params: NearDedupParams) -> None:
     import json
     from pathlib import Path
 
     meta = Path(index_dir) / "params.json"
-    if meta.exists() and json.loads(meta.read_text()) != asdict(params):
-        raise ValueError(f"index {index_dir} was built with {meta.read_text()}; near-dedup it with the same parameters, got {asdict(params)}")
+    if not meta.exists():
+        return
+    stored = json.loads(meta.read_text())
+    version = stored.pop("signature_version", 1)  # indexes written before versions were kept: version 1
+    if stored != asdict(params):
+        raise ValueError(f"index {index_dir} was built with {json.dumps(stored, sort_keys=True)}; near-dedup it with the same parameters, got {asdict(params)}")
+    if version != SIGNATURE_VERSIONS[params.hashing]:
+        raise ValueError(f"index {index_dir} holds {params.hashing!r} signatures of version {version}, but this release computes version "
+                         f"{SIGNATURE_VERSIONS[params.hashing]} (their band keys would not match): rebuild the index from its documents "
+                         f"(near_dedup + update_index over index_dir/gen-*/docs), or use the release that built it")
 
 
 def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams = NearDedupParams(), cached: bool = False):
@@ -586,11 +604,15 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     texts = reps
     if gens:
         old = spark.read.parquet(*[str(g / "docs") for g in gens])
-        if docs.join(old, "id", "left_semi").limit(1).count():
+        # A nightly batch is small next to the index: its ids and keys are broadcast where the index is
+        # read (no shuffle of the index). Its size bounds both, so no count job per set is needed.
+        small = docs.count() * params.banding()[0] <= BROADCAST_IDS
+        new_ids = F.broadcast(docs.select("id")) if small else docs.select("id")
+        if old.select("id").join(new_ids, "id", "left_semi").limit(1).count():
             raise ValueError("new documents reuse ids already in the index; ids must be unique across batches")
         t.done("id_check")
-        # The new batch's keys (few) are broadcast: the index's band rows are filtered where they are read.
-        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(small_ids(new_bands.select("band", "key").distinct()), ["band", "key"], "left_semi")
+        keys = new_bands.select("band", "key").distinct()
+        old_bands = spark.read.parquet(*[str(g / "bands") for g in gens]).join(F.broadcast(keys) if small else keys, ["band", "key"], "left_semi")
         bands = bands.unionByName(old_bands.select("id", "band", "key").withColumn("fresh", F.lit(False)))
         texts = reps.unionByName(old.select("id", "text"))
     pairs = t.done("candidates", candidate_pairs(bands).localCheckpoint())
@@ -672,6 +694,6 @@ def update_index(spark, index_dir, new_docs, clusters, params: NearDedupParams =
     docs = new_docs.select(F.col("id").cast("string"), F.col("text").cast("string"))
     signature_rows(docs, params)[1].write.parquet(str(tmp / "bands"))
     docs.join(clusters.select("id", "cluster_id"), "id").select("id", "cluster_id", "text").write.parquet(str(tmp / "docs"))
-    (root / "params.json").write_text(json.dumps(asdict(params), sort_keys=True))
+    (root / "params.json").write_text(json.dumps(_index_meta(params), sort_keys=True))
     tmp.rename(root / name)
     return str(root / name)

@@ -154,6 +154,15 @@ def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp
     assert got2 == {"a00": ("d03", False), "a01": ("p02", False)}
     with pytest.raises(ValueError, match="same parameters"):
         near_dedup_incremental(spark, night2, index, NearDedupParams(ngram=3))
+    # An index whose signatures came from another version of the shingle hash is refused, not matched.
+    meta = json.loads((index / "params.json").read_text())
+    assert meta.pop("signature_version") == dedup.SIGNATURE_VERSIONS[params.hashing]
+    (index / "params.json").write_text(json.dumps({**meta, "signature_version": 0}))
+    with pytest.raises(ValueError, match="rebuild the index"):
+        near_dedup_incremental(spark, night2, index, params)
+    (index / "params.json").write_text(json.dumps(meta))  # written before versions were kept: sha1 is version 1
+    assert dedup.SIGNATURE_VERSIONS["sha1"] == 1 and params.hashing == "sha1"
+    near_dedup_incremental(spark, night2, index, params)[0].unpersist()
     reused = spark.createDataFrame([("d03", "a new text under an indexed id")], "id string, text string")
     with pytest.raises(ValueError, match="reuse ids already in the index"):
         near_dedup_incremental(spark, reused, index, params)
