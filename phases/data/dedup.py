@@ -122,12 +122,12 @@ def band_rows(params: NearDedupParams):
 
 
 def signature_rows(docs, params: NearDedupParams):
-    """(exact, bands) of ``docs`` (id, text), from one pass over the texts (:func:`band_rows`, its rows
-    materialized once by localCheckpoint).
+    """(exact, bands, reps) of ``docs`` (id, text), from one pass over the texts (:func:`band_rows`, its
+    rows materialized once by localCheckpoint).
 
     exact: (id, rep) for every document whose text also appears under a smaller id, materialized;
-    bands: (id, band, key) of the other documents. Only (id, digest) is shuffled to find exact copies,
-    never the text.
+    bands: (id, band, key) of the other documents; reps: those other documents of ``docs``. Only
+    (id, digest) is shuffled to find exact copies, never the text.
     """
     from pyspark.sql import functions as F
 
@@ -137,9 +137,9 @@ def signature_rows(docs, params: NearDedupParams):
     # One shuffle: each digest's ids gathered with their smallest (a group is one text's copies).
     exact = (rows.groupBy("sha").agg(F.min("id").alias("rep"), F.collect_list("id").alias("ids")).where(F.size("ids") > 1)
              .select(F.explode("ids").alias("id"), "rep").where("id != rep").localCheckpoint())
-    bands = (rows.join(small_ids(exact.select("id")), "id", "left_anti")
-             .select("id", F.posexplode("keys").alias("band", "key")))
-    return exact, bands
+    copies = small_ids(exact.select("id"))
+    bands = rows.join(copies, "id", "left_anti").select("id", F.posexplode("keys").alias("band", "key"))
+    return exact, bands, docs.join(copies, "id", "left_anti")
 
 
 def verify_pairs(ngram: int):
@@ -252,6 +252,12 @@ def string_frame(spark, names: tuple[str, ...], rows: list[tuple]):
     return spark.createDataFrame(pa.table({n: pa.array(c, pa.string()) for n, c in zip(names, cols)}))
 
 
+def collect_at_most(df, limit: int) -> list | None:
+    """The rows of ``df`` when it has at most ``limit`` of them (one job), else None."""
+    rows = df.limit(limit + 1).collect()
+    return rows if len(rows) <= limit else None
+
+
 def small_ids(ids):
     """A broadcast hint for an id set that is small enough (one count job to find out)."""
     from pyspark.sql import functions as F
@@ -323,8 +329,9 @@ def verified_pairs(pairs, texts, params: NearDedupParams):
     """
     from pyspark.sql import functions as F
 
-    rows = [(r[0], r[1]) for r in pairs.select("a", "b").limit(GROUPED_VERIFY_PAIRS + 1).collect()]
-    if len(rows) <= GROUPED_VERIFY_PAIRS:
+    collected = collect_at_most(pairs.select("a", "b"), GROUPED_VERIFY_PAIRS)
+    if collected is not None:
+        rows = [(r[0], r[1]) for r in collected]
         group = _union_find(rows)
         group_pairs: dict[str, list] = {}
         for a, b in sorted(rows):
@@ -427,8 +434,8 @@ def connected_components(edges, max_rounds: int = 64, driver_max_edges: int | No
 
     limit = DRIVER_COMPONENTS_EDGES if driver_max_edges is None else driver_max_edges
     if limit > 0:
-        rows = edges.select(F.col("a").cast("string"), F.col("b").cast("string")).limit(limit + 1).collect()
-        if len(rows) <= limit:
+        rows = collect_at_most(edges.select(F.col("a").cast("string"), F.col("b").cast("string")), limit)
+        if rows is not None:
             return _driver_components(edges.sparkSession, rows)
     e = _canonical(edges, "a", "b").localCheckpoint()
     for _ in range(max_rounds):
@@ -510,8 +517,7 @@ def near_dedup(spark, docs, params: NearDedupParams = NearDedupParams(), with_ed
 
     t = StageTimer("near-dedup")
     docs, owned = _cached_docs(docs, cached)
-    exact, bands = t.done("signatures", signature_rows(docs, params))
-    reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
+    exact, bands, reps = t.done("signatures", signature_rows(docs, params))
     # localCheckpoint materializes each stage once and cuts the lineage: later plans stay small
     # (deep plans made Spark spend more time planning and describing queries than running them).
     pairs = t.done("candidates", candidate_pairs(bands).localCheckpoint())
@@ -597,8 +603,7 @@ def near_dedup_incremental(spark, new_docs, index_dir, params: NearDedupParams =
     gens = _generations(index_dir)
     t = StageTimer("near-dedup (incremental)")
     docs, owned = _cached_docs(new_docs, cached)
-    exact, new_bands = t.done("signatures", signature_rows(docs, params))
-    reps = docs.join(small_ids(exact.select("id")), "id", "left_anti")
+    exact, new_bands, reps = t.done("signatures", signature_rows(docs, params))
     bands = new_bands.withColumn("fresh", F.lit(True))
     old = None
     texts = reps
@@ -647,22 +652,21 @@ def _incremental_labels(spark, verified, exact, old):
     from pyspark.sql import functions as F
 
     limit = DRIVER_COMPONENTS_EDGES
-    if limit > 0:
-        pair_rows = verified.select("a", "b").limit(limit + 1).collect()
-        exact_rows = exact.select("rep", "id").limit(limit + 1).collect() if len(pair_rows) <= limit else []
-        if len(pair_rows) + len(exact_rows) <= limit:
-            stored: dict[str, str] = {}
-            ids = sorted({i for r in pair_rows for i in r})
-            if old is not None and ids:
-                wanted = F.broadcast(string_frame(spark, ("id",), [(i,) for i in ids]))
-                stored = dict(old.select("id", "cluster_id").join(wanted, "id", "left_semi").collect())
+    pair_rows = collect_at_most(verified.select("a", "b"), limit) if limit > 0 else None
+    exact_rows = collect_at_most(exact.select("rep", "id"), limit) if pair_rows is not None else None
+    if exact_rows is not None and len(pair_rows) + len(exact_rows) <= limit:
+        stored: dict[str, str] = {}
+        ids = sorted({i for r in pair_rows for i in r})
+        if old is not None and ids:
+            wanted = F.broadcast(string_frame(spark, ("id",), [(i,) for i in ids]))
+            stored = dict(old.select("id", "cluster_id").join(wanted, "id", "left_semi").collect())
 
-            def node(i):
-                return "0" + stored[i] if i in stored else "1" + i
+        def node(i):
+            return "0" + stored[i] if i in stored else "1" + i
 
-            label = _union_find([(node(a), node(b)) for a, b in pair_rows] + [("1" + rep, "1" + i) for rep, i in exact_rows])
-            bridged = sum(1 for n, lab in label.items() if n[0] == "0" and lab[0] == "0" and n != lab)
-            return string_frame(spark, ("id", "label"), sorted(label.items())), bridged, len(pair_rows)
+        label = _union_find([(node(a), node(b)) for a, b in pair_rows] + [("1" + rep, "1" + i) for rep, i in exact_rows])
+        bridged = sum(1 for n, lab in label.items() if n[0] == "0" and lab[0] == "0" and n != lab)
+        return string_frame(spark, ("id", "label"), sorted(label.items())), bridged, len(pair_rows)
     if old is None:
         old = spark.createDataFrame([], "id string, cluster_id string")
     ids = verified.select(F.col("a").alias("id")).unionByName(verified.select(F.col("b").alias("id"))).distinct()
@@ -671,7 +675,7 @@ def _incremental_labels(spark, verified, exact, old):
     new_edges = (verified.join(nodes.withColumnRenamed("id", "a").withColumnRenamed("node", "na"), "a")
                  .join(nodes.withColumnRenamed("id", "b").withColumnRenamed("node", "nb"), "b").select(F.col("na").alias("a"), F.col("nb").alias("b")))
     exact_edges = exact.select(F.concat(F.lit("1"), "rep").alias("a"), F.concat(F.lit("1"), "id").alias("b"))
-    labels = connected_components(new_edges.unionByName(exact_edges)).localCheckpoint()
+    labels = connected_components(new_edges.unionByName(exact_edges), driver_max_edges=0).localCheckpoint()  # too many for the driver
     bridged = labels.where(F.col("label").startswith("0")).where(F.col("id").startswith("0")).where("id != label").count()
     return labels, bridged, verified.count()
 

@@ -28,6 +28,13 @@ CORRUPT = "_corrupt_record"
 QUARANTINE_REASONS = ("malformed_json", "missing_id", "missing_text")
 
 
+def _id_missing():
+    """A record without an id: null, empty or blank."""
+    from pyspark.sql import functions as F
+
+    return F.col("id").isNull() | (F.trim(F.col("id")) == "")
+
+
 def _split_bad(records):
     """(good records, quarantine rows: file, reason, raw) of ``records`` (cached when they hold a
     corrupt-record column: Spark queries that column only from a cache)."""
@@ -35,7 +42,7 @@ def _split_bad(records):
 
     corrupt = F.col(CORRUPT).isNotNull() if CORRUPT in records.columns else F.lit(False)
     reason = (F.when(corrupt, F.lit("malformed_json"))
-              .when(F.col("id").isNull() | (F.trim(F.col("id")) == ""), F.lit("missing_id"))
+              .when(_id_missing(), F.lit("missing_id"))
               .when(F.col("text").isNull(), F.lit("missing_text")))
     tagged = records.withColumn("_reason", reason)
     data_cols = [c for c in records.columns if c not in (CORRUPT, "_file")]
@@ -57,7 +64,7 @@ def _summary(df) -> InputSummary:
     in its first partition), ids missing, ids repeated."""
     from pyspark.sql import functions as F
 
-    id_missing = F.col("id").isNull() | (F.trim(F.col("id")) == "")
+    id_missing = _id_missing()
     per_id = (df.select("id", F.spark_partition_id().alias("p"))
               .groupBy("id").agg(F.count("*").alias("n"), F.min("p").alias("p")))
     rows = (per_id.groupBy("p").agg(F.sum("n").alias("rows"), F.sum(F.when(id_missing, F.col("n")).otherwise(0)).alias("missing"),
@@ -91,7 +98,7 @@ def _bad_counts(records, bad, summary: InputSummary | None = None) -> dict[str, 
 
     if CORRUPT in records.columns:
         return {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
-    id_missing = F.col("id").isNull() | (F.trim(F.col("id")) == "")
+    id_missing = _id_missing()
     counts = {"missing_id": summary.missing_id if summary is not None else records.where(id_missing).count(),
               "missing_text": records.where(F.col("text").isNull()).where(~id_missing).count()}
     return {k: v for k, v in counts.items() if v}
