@@ -235,12 +235,19 @@ def candidate_pairs(bands):
     no partition held in memory), then each bucket's pairs in numpy; the pairs (few) are deduplicated
     across bands. With a boolean ``fresh`` column (incremental mode), only pairs touching a fresh row.
     """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     cols = ["id", "band", "key"] + (["fresh"] if "fresh" in bands.columns else [])
     # Key first: Spark's sort compares an 8-byte prefix of the first column and the full rows only on
     # ties. With band first (18 values) nearly every comparison was a tie (~2x slower); keys are
     # nearly all distinct. Each (band, key) bucket stays contiguous and ordered by id.
     ordered = bands.select(*cols).repartition("key").sortWithinPartitions("key", "band", "id")
-    return ordered.mapInArrow(_bucket_pairs_fn(), "a string, b string").distinct()
+    # Nearly every bucket holds one document: a count per bucket drops those rows before they go to
+    # Python (the window reuses the partitioning and order above: no further shuffle or sort; 100k
+    # documents, 1.8M band rows: 3.6 s -> 3.3 s).
+    shared = ordered.withColumn("_n", F.count("*").over(Window.partitionBy("key", "band"))).where("_n > 1").drop("_n")
+    return shared.mapInArrow(_bucket_pairs_fn(), "a string, b string").distinct()
 
 
 def string_frame(spark, names: tuple[str, ...], rows: list[tuple]):
@@ -447,6 +454,38 @@ def connected_components(edges, max_rounds: int = 64, driver_max_edges: int | No
         raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
     roots = e.select(F.col("a").alias("id"), F.col("a").alias("label")).distinct()
     return e.select(F.col("b").alias("id"), F.col("a").alias("label")).unionByName(roots)
+
+
+WARM_JOB_GROUP = "warm-python-workers"
+
+
+def _warm(batches: Iterator[Any]) -> Iterator[Any]:
+    """mapInArrow function that emits nothing: its worker has imported this module (numpy, pyarrow,
+    pandas with pyspark's Arrow path) by the time it runs."""
+    for _ in batches:
+        pass
+    yield from ()
+
+
+def warm_python_workers(spark):
+    """Starts the session's Python workers in a background job (one task per core), so that their
+    start and imports (~2.5 s in a new session) overlap the driver's first queries instead of
+    delaying the signature stage. Returns the thread; join it before stopping the session. A failure
+    only loses the head start (the stage starts its workers itself)."""
+    import threading
+
+    def job():
+        try:
+            sc = spark.sparkContext
+            sc.setJobGroup(WARM_JOB_GROUP, "start the Python workers", interruptOnCancel=True)
+            n = sc.defaultParallelism
+            spark.range(n, numPartitions=n).mapInArrow(_warm, "id long").collect()
+        except Exception as e:  # noqa: BLE001 (a head start, not a result)
+            log.debug("python worker warm-up failed: %s", e)
+
+    thread = threading.Thread(target=job, name="warm-python-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 class StageTimer:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index
+from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index, warm_python_workers
 from phases.errors import DataError
 
 
@@ -144,6 +144,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     t = StageTimer("dedup")
     own = spark is None
     spark = spark_session(spark_master) if own else spark
+    warming = warm_python_workers(spark) if own else None
     t.done("spark_start")
     try:
         df = _read(spark, inputs).withColumn("id", F.col("id").cast("string"))
@@ -201,6 +202,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         raise
     finally:
         if own:
+            warming.join()
             spark.stop()
     tmp.rename(out)
     return stats

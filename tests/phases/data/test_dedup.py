@@ -293,3 +293,18 @@ def test_join_verification_agrees_with_grouped_verification(spark, corpus, monke
     monkeypatch.setattr(dedup, "GROUPED_VERIFY_PAIRS", 0)  # every pair set takes the join path
     joined, stats2 = _clusters(spark, corpus)
     assert joined == grouped and stats2["verified_pairs"] == stats["verified_pairs"]
+
+
+def test_python_workers_are_started_in_a_background_job(spark):
+    from phases.data.dedup import WARM_JOB_GROUP, warm_python_workers
+
+    thread = warm_python_workers(spark)
+    thread.join(120)
+    assert not thread.is_alive()
+    tracker = spark.sparkContext.statusTracker()
+    jobs = tracker.getJobIdsForGroup(WARM_JOB_GROUP)
+    assert jobs, "no warm-up job ran"
+    assert all(tracker.getJobInfo(j).status == "SUCCEEDED" for j in jobs)
+    # One task per core: each core's worker has started.
+    stages = [s for j in jobs for s in tracker.getJobInfo(j).stageIds]
+    assert sum(tracker.getStageInfo(s).numTasks for s in stages if tracker.getStageInfo(s)) >= spark.sparkContext.defaultParallelism
