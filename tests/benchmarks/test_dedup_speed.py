@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from phases.data.minhash import Permutations, shingles, signatures
+from phases.data.prepare import QUICK_JIT
 from tests.benchmarks.dedup_corpus import synthetic_corpus
 from tests.benchmarks.test_dedup_quality import load, machine, versions
 
@@ -135,7 +136,8 @@ def test_dedup_speed(tmp_path):
              f"Corpus: {DOCS} synthetic documents, {mb:.0f} MB (1-5 KB each, 30% near copies). ngram=5, num_perm=128, tau=0.8, "
              f"Spark local[2], each run in a new process (end to end: session start, Parquet read, signatures, buckets, verification, components, "
              f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.",
-             f"Spark driver JVM options: `{jvm_opts or 'none'}` (class-data-sharing archive from an earlier run).", "",
+             f"Spark driver JVM options: `{jvm_opts or 'none'}` (class-data-sharing archive from an earlier run)"
+             + (f", then `{QUICK_JIT}` (client compiler only, phases/data/prepare.py)." if os.environ.get("LIFECYCLE_SPARK_QUICK_JIT", "1") != "0" else "."), "",
              "| measure | value | per 100k docs (linear) | goal |", "|---|---|---|---|",
              f"| datasketch baseline | {base_s:.1f} s ({base_pairs} candidate pairs) | {base_s * scale:.0f} s | reference ~92 s |"]
     for (h, layout, run), (secs, st, process_s) in ours.items():
