@@ -130,3 +130,20 @@ def test_archives_of_other_installs_unused_for_long_are_removed(archive_dir):
     assert cds.driver_java_options(archive_dir).startswith(f"-XX:SharedArchiveFile={final} ")
     assert not old.exists() and recent.exists()
     assert time.time() - final.stat().st_mtime < 60  # sharing it marks it used
+
+
+
+def test_a_non_empty_conf_dir_on_the_class_path_turns_sharing_off(archive_dir, monkeypatch, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+    assert cds.driver_java_options(archive_dir).startswith("-XX:ArchiveClassesAtExit=")  # an empty one is fine
+    for path in archive_dir.glob("*.tmp*"):
+        path.unlink()
+    (conf / "spark-defaults.conf").write_text("")
+    assert cds.classpath_directories() == [str(conf)]
+    assert cds.driver_java_options(archive_dir) == ""
+    assert not list(archive_dir.glob("spark-cds-*"))  # nothing claimed
+    monkeypatch.delenv("SPARK_CONF_DIR")
+    monkeypatch.setenv("HADOOP_CONF_DIR", str(conf))
+    assert cds.driver_java_options(archive_dir) == ""
