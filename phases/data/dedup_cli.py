@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index, warm_python_workers
+from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index, warm_python_workers, WARM_JOB_GROUP
 from phases.errors import DataError
 
 
@@ -202,7 +202,8 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
         raise
     finally:
         if own:
-            warming.join()
+            spark.sparkContext.cancelJobGroup(WARM_JOB_GROUP)  # a run that failed early does not wait for it
+            warming.join(60)
             spark.stop()
     tmp.rename(out)
     return stats
