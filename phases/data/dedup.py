@@ -691,7 +691,7 @@ def _incremental_labels(spark, verified, exact, old):
     from pyspark.sql import functions as F
 
     limit = DRIVER_COMPONENTS_EDGES
-    pair_rows = collect_at_most(verified.select("a", "b"), limit) if limit > 0 else None
+    pair_rows = collect_at_most(verified.select("a", "b"), limit)
     exact_rows = collect_at_most(exact.select("rep", "id"), limit) if pair_rows is not None else None
     if exact_rows is not None and len(pair_rows) + len(exact_rows) <= limit:
         stored: dict[str, str] = {}

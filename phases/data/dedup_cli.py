@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from phases.data.dedup import NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index, warm_python_workers, WARM_JOB_GROUP
+from phases.data.dedup import (WARM_JOB_GROUP, NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index,
+                               warm_python_workers)
 from phases.errors import DataError
 
 

@@ -38,6 +38,13 @@ OUTPUT_COLUMNS = ("id", "source", "text")
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 
+def driver_jit_options(master: str) -> str:
+    """The JIT options a new driver JVM for ``master`` gets: :data:`QUICK_JIT` for local masters."""
+    import os
+
+    return QUICK_JIT if master.startswith("local") and os.environ.get("LIFECYCLE_SPARK_QUICK_JIT", "1") != "0" else ""
+
+
 def spark_session(master: str, driver_memory: str = "2g"):
     import os
     import sys
@@ -53,8 +60,8 @@ def spark_session(master: str, driver_memory: str = "2g"):
     builder = SparkSession.builder
     fresh_jvm = SparkSession.getActiveSession() is None and SparkContext._gateway is None
     java_options = driver_java_options() if fresh_jvm else ""  # class data sharing: a faster driver start (phases/data/cds.py)
-    if fresh_jvm and master.startswith("local") and os.environ.get("LIFECYCLE_SPARK_QUICK_JIT", "1") != "0":
-        java_options = f"{java_options} {QUICK_JIT}".strip()
+    if fresh_jvm:
+        java_options = f"{java_options} {driver_jit_options(master)}".strip()
     if java_options:
         # "default" options: a user's spark.driver.extraJavaOptions still apply after them.
         builder = builder.config("spark.driver.defaultJavaOptions", java_options)
