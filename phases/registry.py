@@ -10,12 +10,17 @@ so stale outputs are not reused.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from phases.align import build as align
 from phases.config import LifecycleConfig
+from phases.data import build as data
+from phases.evaluate import build as evaluate
+from phases.inference import build as inference
+from phases.model import build as model
+from phases.pretrain import build as pretrain
 from phases.metrics import MetricsSink, NullSink
 from phases.refs import PhaseRef
 from phases.storage import is_complete, materialize, output_dir, phase_key, ref_from_dir
@@ -26,21 +31,17 @@ class PhaseSpec:
     name: str
     version: int
     inputs: tuple[str, ...]
-    entry: str  # "module:function"
+    build: Callable[..., dict[str, Any]]  # phases/<name>/build.py: build(cfg, inputs, out, sink) -> summary
     headline: tuple[str, ...]  # summary keys printed at the end of a run
-
-    def build_fn(self) -> Callable[..., dict[str, Any]]:
-        module, _, fn = self.entry.partition(":")
-        return getattr(importlib.import_module(module), fn)
 
 
 PHASES: tuple[PhaseSpec, ...] = (
-    PhaseSpec("data", 2, ("sources",), "phases.data.prepare:build", ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
-    PhaseSpec("model", 1, ("data",), "phases.model.prepare:build", ("vocab_size", "train_tokens", "train_sequences", "parameters")),
-    PhaseSpec("pretrain", 2, ("model",), "phases.pretrain.launch:build", ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
-    PhaseSpec("align", 1, ("pretrain", "data"), "phases.align.sft:build", ("num_pairs", "first_loss", "final_loss")),
-    PhaseSpec("inference", 1, ("align",), "phases.inference.generate:build", ("num_prompts", "tokens_per_s")),
-    PhaseSpec("evaluate", 1, ("align", "data", "model"), "phases.evaluation.evaluate:build", ("mc_acc", "val_perplexity")),
+    PhaseSpec("data", 2, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
+    PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters")),
+    PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
+    PhaseSpec("align", 1, ("pretrain", "data"), align.build, ("num_pairs", "first_loss", "final_loss")),
+    PhaseSpec("inference", 1, ("align",), inference.build, ("num_prompts", "tokens_per_s")),
+    PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity")),
 )
 BY_NAME = {p.name: p for p in PHASES}
 
@@ -76,7 +77,7 @@ def run_phase(
     if missing:
         raise ValueError(f"phase {name} needs inputs {missing}")
     section = cfg.section(name)
-    fn = spec.build_fn()
+    fn = spec.build
     return materialize(
         home=Path(home),
         phase=name,

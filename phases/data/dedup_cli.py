@@ -133,7 +133,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
     """
     from pyspark.sql import functions as F
 
-    from phases.data.prepare import spark_session
+    from phases.data.spark import spark_session
 
     params = NearDedupParams(threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, fn_weight=fn_weight, hashing=hashing)
     out = Path(output).absolute()

@@ -1,6 +1,6 @@
 """Sampling settings and per-row bookkeeping for batch generation (no model needed).
 
-Kept apart from :mod:`phases.inference.generate` so the rules that decide what a run
+Kept apart from :mod:`phases.inference.build` so the rules that decide what a run
 samples and how its output is counted are testable without loading a model.
 """
 

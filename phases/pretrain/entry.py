@@ -16,7 +16,7 @@ from pathlib import Path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="One rank of the pretraining phase.")
-    p.add_argument("--args", type=Path, required=True, help="training_args.json written by phases.pretrain.launch")
+    p.add_argument("--args", type=Path, required=True, help="training_args.json written by phases.pretrain.build")
     p.add_argument("--local_rank", type=int, default=0, help="set by the DeepSpeed launcher (LOCAL_RANK is used)")
     return p.parse_args(argv)
 

@@ -36,7 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 
 @pytest.mark.benchmark
 def test_dedup_incremental(tmp_path):
-    from phases.data.prepare import spark_session
+    from phases.data.spark import spark_session
 
     rows = sorted(synthetic_corpus(INDEX_DOCS + NEW_DOCS, seed=1))  # ids shuffled: near copies span both sets
     # A fixed workload before and after, for the machine's speed at the time (it drifts by up to ~30%).

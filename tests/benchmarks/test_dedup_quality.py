@@ -141,7 +141,7 @@ def _report(results, params) -> str:
 
 @pytest.mark.benchmark
 def test_dedup_quality():
-    from phases.data.prepare import spark_session
+    from phases.data.spark import spark_session
 
     spark = spark_session("local[2]")
     spark.conf.set("spark.sql.shuffle.partitions", "8")

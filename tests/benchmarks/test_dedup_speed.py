@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from phases.data.minhash import Permutations, shingles, signatures
-from phases.data.prepare import driver_jit_options
+from phases.data.spark import driver_jit_options
 from tests.benchmarks.dedup_corpus import synthetic_corpus
 from tests.benchmarks.test_dedup_quality import load, machine, versions
 
@@ -137,7 +137,7 @@ def test_dedup_speed(tmp_path):
              f"Spark local[2], each run in a new process (end to end: session start, Parquet read, signatures, buckets, verification, components, "
              f"Parquet output written). Baseline: datasketch MinHashLSH default, one process, same session, no verification.",
              f"Spark driver JVM options: `{jvm_opts or 'none'}` (class-data-sharing archive from an earlier run)"
-             + (f", then `{jit}` (client compiler only, phases/data/prepare.py)." if (jit := driver_jit_options("local[2]")) else "."), "",
+             + (f", then `{jit}` (client compiler only, phases/data/build.py)." if (jit := driver_jit_options("local[2]")) else "."), "",
              "| measure | value | per 100k docs (linear) | goal |", "|---|---|---|---|",
              f"| datasketch baseline | {base_s:.1f} s ({base_pairs} candidate pairs) | {base_s * scale:.0f} s | reference ~92 s |"]
     for (h, layout, run), (secs, st, process_s) in ours.items():

@@ -82,7 +82,7 @@ class _Vocab:
 def make_model_dir(root: Path, model_cfg, train_rows: int = 2048, val_rows: int = 256, seed: int = 0) -> Path:
     """What the model phase writes, with random rows: the architecture comes from the
     model phase's own functions (resolve_shape, llama_config) for ``model_cfg``."""
-    from phases.model.prepare import llama_config, resolve_shape
+    from phases.model.build import llama_config, resolve_shape
     from tests.phases.pretrain.conftest import made_up_documents, train_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def model_dir(preset, tmp_path_factory) -> Path:
 def join_process_group() -> None:
     """One rank in this process, as the launcher would set it up; then the runtime's backend."""
     from phases.pretrain import runtime
-    from phases.pretrain.launch import free_port
+    from phases.pretrain.build import free_port
 
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1",
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
@@ -347,7 +347,7 @@ def test_eager_bf16_sdpa_nccl_mfu(preset, model_dir):
 
 def test_launcher_path(preset, model_dir, tmp_path, monkeypatch):
     from phases.metrics import ListSink
-    from phases.pretrain.launch import build
+    from phases.pretrain.build import build
     from phases.refs import PhaseRef
 
     cfg = preset.pretrain.model_copy(update={

@@ -54,7 +54,7 @@ def _deepspeed_stepper(cfg, arch, batches):
     from phases.pretrain.dsconfig import deepspeed_config
 
     for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(__import__("phases.pretrain.launch", fromlist=["x"]).free_port())}.items():
+                 "MASTER_PORT": str(__import__("phases.pretrain.build", fromlist=["x"]).free_port())}.items():
         os.environ.setdefault(k, v)
     entry._skip_shm_comm_build()
     deepspeed.init_distributed()

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import toy_artifacts
-from phases.align.sft import build
+from phases.align.build import build
 from phases.config import AlignConfig
 from phases.errors import DataError
 from phases.metrics import ListSink
@@ -71,7 +71,7 @@ def test_no_python_documents_is_a_data_error(tmp_path, toy_pretrain):
 def test_loss_covers_only_the_completion(tmp_path, toy_pretrain):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phases.align.sft import make_trainer
+    from phases.align.build import make_trainer
 
     tok = AutoTokenizer.from_pretrained(toy_pretrain)
     pairs = [{"prompt": "def join(a, *p):\n", "completion": " Join two or more pathname components."}] * 2
@@ -86,7 +86,7 @@ def test_loss_covers_only_the_completion(tmp_path, toy_pretrain):
 
 def test_aligned_model_feeds_inference(sft_run, tmp_path):
     from phases.config import InferenceConfig
-    from phases.inference.generate import build as generate
+    from phases.inference.build import build as generate
 
     _, _, out = sft_run
     summary = generate(InferenceConfig(max_new_tokens=4, batch_size=2), {"align": toy_artifacts.ref("align", out)}, tmp_path, ListSink())

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from phases.config import DataConfig, SourceConfig
-from phases.data.prepare import build
+from phases.data.build import build
 from phases.data.sources import fingerprint_sources
 from phases.errors import DataError
 from phases.metrics import ListSink
@@ -148,7 +148,7 @@ def test_scarce_source_is_up_sampled_within_the_cap(corpus, tmp_path):
 
 def test_same_data_same_fingerprint_across_partition_counts(corpus, result, tmp_path):
     """The content digest and the shard files do not depend on Spark's partitioning."""
-    from phases.data.prepare import content_digest
+    from phases.data.build import content_digest
 
     out, summary, _ = result
     _, sources = corpus

@@ -27,7 +27,7 @@ def _edit(rng, text, k):
 
 @pytest.fixture(scope="module")
 def spark():
-    from phases.data.prepare import spark_session
+    from phases.data.spark import spark_session
 
     s = spark_session("local[2]")
     s.conf.set("spark.sql.shuffle.partitions", "4")

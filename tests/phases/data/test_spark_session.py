@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from phases.data.prepare import QUICK_JIT
+from phases.data.spark import QUICK_JIT
 
 ROOT = Path(__file__).resolve().parents[3]
-PROBE = ("import json; from phases.data.prepare import spark_session; s = spark_session('local[1]'); "
+PROBE = ("import json; from phases.data.spark import spark_session; s = spark_session('local[1]'); "
          "print('ARGS' + json.dumps(list(s.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))); s.stop()")
 
 

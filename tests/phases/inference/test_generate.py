@@ -7,7 +7,7 @@ import torch
 
 import toy_artifacts
 from phases.config import InferenceConfig
-from phases.inference.generate import build, generate_rows, load_model
+from phases.inference.build import build, generate_rows, load_model
 from phases.metrics import ListSink
 
 PROMPTS = ("def read_config(path):", "The license grants", "import os\n", "# Installation\n", "x")

@@ -11,7 +11,7 @@ from phases.config import ModelConfig
 from phases.errors import DataError
 from phases.metrics import ListSink
 from phases.model.packing import documents_in_row, load_packed
-from phases.model.prepare import build
+from phases.model.build import build
 from phases.refs import PhaseRef
 
 SOURCES = {

@@ -1,4 +1,4 @@
-"""A toy model-phase output: the exact layout phases.pretrain.launch.build reads.
+"""A toy model-phase output: the exact layout phases.pretrain.build.build reads.
 
 tokenizer/ (byte-level BPE, bos/eos/pad), model_config.json (a 2-layer, 32-wide Llama),
 train.bin / val.bin (uint16 rows of 32 tokens packed from made-up text), packed.json.

@@ -11,7 +11,7 @@ import pytest
 
 from phases.config import PretrainConfig
 from phases.metrics import ListSink
-from phases.pretrain.launch import SUMMARY_KEYS, build
+from phases.pretrain.build import SUMMARY_KEYS, build
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import pytest
 
 from phases.config import load_config
 from phases.metrics import ListSink
-from phases.pretrain.launch import build
+from phases.pretrain.build import build
 from phases.refs import PhaseRef
 
 from tests.phases.pretrain.conftest import made_up_documents, pack, train_tokenizer
@@ -50,7 +50,7 @@ def _tiny_model_dir(root: Path) -> Path:
 
 
 def tiny_architecture(m, tokenizer) -> dict:
-    """The tiny preset's decoder as the model phase sizes it (phases/model/prepare.py),
+    """The tiny preset's decoder as the model phase sizes it (phases/model/build.py),
     spelled out here so that the golden figures pin this exact architecture."""
     from transformers import LlamaConfig
 

@@ -14,12 +14,12 @@ import pytest
 
 from phases.config import load_config
 from phases.errors import ConfigError
-from phases.model.prepare import llama_config, resolve_shape
+from phases.model.build import llama_config, resolve_shape
 from phases.model.sizing import SIZE_PRESETS, llama_parameters
 from phases.pretrain import runtime
 from phases.pretrain.dsconfig import deepspeed_config
 from phases.pretrain.flops import flops_per_token, matmul_params, peak_flops
-from phases.pretrain.launch import launcher_command
+from phases.pretrain.build import launcher_command
 
 
 class _Vocab:

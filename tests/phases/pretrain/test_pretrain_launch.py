@@ -12,7 +12,7 @@ import pytest
 from phases.config import PretrainConfig
 from phases.errors import DataError
 from phases.metrics import ListSink
-from phases.pretrain.launch import ENTRY_MODULE, check_model_dir, child_env, launcher_command, replay_metrics
+from phases.pretrain.build import ENTRY_MODULE, check_model_dir, child_env, launcher_command, replay_metrics
 
 
 def _flag(cmd: list[str], name: str) -> str:

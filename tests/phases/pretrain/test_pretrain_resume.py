@@ -22,7 +22,7 @@ from phases.config import PretrainConfig
 from phases.errors import DataError, LaunchError
 from phases.metrics import ListSink
 from phases.pretrain.checkpoint import LATEST
-from phases.pretrain.launch import build
+from phases.pretrain.build import build
 from phases.refs import PhaseRef
 
 pytestmark = pytest.mark.e2e

@@ -7,8 +7,8 @@ import pytest
 
 import toy_artifacts
 from phases.config import EvaluateConfig
-from phases.evaluation.evaluate import build
-from phases.evaluation.tasks import TASK_NAME
+from phases.evaluate.build import build
+from phases.evaluate.tasks import TASK_NAME
 from phases.metrics import ListSink
 
 pytestmark = pytest.mark.e2e

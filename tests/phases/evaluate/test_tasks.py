@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from phases.errors import DataError
-from phases.evaluation.tasks import TASK_NAME, build_questions, task_config, write_task
+from phases.evaluate.tasks import TASK_NAME, build_questions, task_config, write_task
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from phases.errors import DataError
-from phases.evaluation.perplexity import perplexity, read_packed
+from phases.evaluate.perplexity import perplexity, read_packed
 
 VOCAB = 97
 

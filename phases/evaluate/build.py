@@ -1,8 +1,8 @@
 """Phase 6: lm-eval on a held-out multiple-choice task, plus validation perplexity.
 
-The task is built from the data phase's validation split (:mod:`phases.evaluation.tasks`)
+The task is built from the data phase's validation split (:mod:`phases.evaluate.tasks`)
 and run through lm-eval's Python API against the aligned model; perplexity is measured
-on the model phase's packed ``val.bin`` (:mod:`phases.evaluation.perplexity`).
+on the model phase's packed ``val.bin`` (:mod:`phases.evaluate.perplexity`).
 
 Published under ``out``: ``task/`` (``mc.jsonl`` and a YAML naming it relatively, so the
 output's fingerprint does not depend on the staging path), ``report.json`` (lm-eval's
@@ -21,8 +21,8 @@ import yaml
 
 from phases.config import EvaluateConfig
 from phases.errors import DataError
-from phases.evaluation.perplexity import perplexity, read_packed
-from phases.evaluation.tasks import TASK_NAME, YAML_FILE, build_questions, task_config, write_task
+from phases.evaluate.perplexity import perplexity, read_packed
+from phases.evaluate.tasks import TASK_NAME, YAML_FILE, build_questions, task_config, write_task
 from phases.metrics import MetricsSink
 from phases.refs import PhaseRef
 
