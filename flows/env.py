@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from phases.env import OFFLINE
+
 
 def lifecycle_home() -> Path:
     return Path(os.environ.get("LIFECYCLE_HOME", ".lifecycle")).resolve()
@@ -35,14 +37,8 @@ def defaults(home: Path) -> dict[str, str]:
         # Prefect API server", seen in the test suite on 2026-11-27).
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "lifecycle",
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect" / "results"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "DO_NOT_TRACK": "1",
+        **OFFLINE,
         "HF_DATASETS_CACHE": str(home / "cache" / "hf-datasets"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }

@@ -10,17 +10,15 @@ from prefect.runtime import flow_run
 
 from flows.env import configure
 from phases.config import PHASE_NAMES, load_config
-from phases.errors import NotReadyError
 from phases.refs import PhaseRef
-from phases.registry import PHASES, finished_output, key_for, sources_ref
-from phases.storage import is_complete, output_dir
+from phases.registry import PHASES, finished_output, sources_ref
 from tasks import lineage
 from tasks.phases import TASKS, LineageContext
 
-PhaseName = Literal["data", "model", "pretrain", "align", "inference", "evaluate"]
+PhaseName = Literal[PHASE_NAMES]
 
 
-@flow(name="llm-lifecycle", log_prints=True)
+@flow(name="llm-lifecycle", log_prints=True, persist_result=False)
 def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None, phases: list[PhaseName] | None = None) -> dict:
     """Run the selected phases (default: all six), reusing finished outputs of the others.
 
@@ -43,25 +41,11 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     try:
         for spec in _needed(selected):
             inputs = {n: refs[n] for n in spec.inputs}
-            key = key_for(spec, cfg, inputs)
-            section = cfg.section(spec.name).model_dump(mode="json")
-            if spec.name in selected:
-                done = is_complete(output_dir(home, spec.name, key))
-                # A Prefect cache record whose directory was deleted must not be trusted.
-                task = TASKS[spec.name].with_options(refresh_cache=not done)
-                state = task(spec.name, key, cfg, inputs, ctx, return_state=True)
-                ref, reused = state.result()
-                if state.name == "Cached":  # the task body did not run: record the reuse here
-                    reused = True
-                    lineage.record_reused(mlf, exp_id, parent, spec.name, section, tags, inputs, ref)
-            else:
-                ref = finished_output(spec, cfg, inputs, home)
-                if ref is None:
-                    raise NotReadyError(
-                        f"phase {spec.name} has no finished output for this config (key {key}); add it to --phases"
-                    )
-                lineage.record_reused(mlf, exp_id, parent, spec.name, section, tags, inputs, ref)
-                reused = True
+            section = cfg.section(spec.name)
+            # Phases before the selected ones are only reused: they fail if never finished.
+            state = TASKS[spec.name](section, inputs, spec.key(section, inputs), ctx, reuse_only=spec.name not in selected,
+                                     return_state=True)
+            ref, reused = state.result()
             refs[spec.name] = ref
             results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}
             logger.info("%s: %s %s", spec.name, "reused" if reused else "done", results[spec.name]["headline"])
@@ -108,8 +92,8 @@ def plan(cfg, home: Path, selected: list[str]) -> list[dict]:
             rows.append({"phase": spec.name, "action": "run" if spec.name in selected else "missing", "key": "(after upstream runs)"})
             continue
         inputs = {n: refs[n] for n in spec.inputs}
-        key = key_for(spec, cfg, inputs)
-        ref = finished_output(spec, cfg, inputs, home)
+        key = spec.key(cfg.section(spec.name), inputs)
+        ref = finished_output(spec.name, key, home)
         if ref is not None:
             refs[spec.name] = ref
             rows.append({"phase": spec.name, "action": "reuse", "key": key, "uri": ref.uri})

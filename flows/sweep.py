@@ -54,12 +54,12 @@ def point_config(config: str, overrides: list[str], hidden: int, tokens: int) ->
 def train_point(cfg: LifecycleConfig, home: Path, mlf, exp_id: str, parent: str, tags: dict) -> ScalingPoint:
     """data -> model -> pretrain for one size (earlier phases reused); the pretrain run is a child run."""
     refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
-    refs["data"], _ = run_phase("data", cfg, {"sources": refs["sources"]}, home)
-    refs["model"], _ = run_phase("model", cfg, {"data": refs["data"]}, home)
+    refs["data"], _ = run_phase("data", cfg.data, {"sources": refs["sources"]}, home)
+    refs["model"], _ = run_phase("model", cfg.model, {"data": refs["data"]}, home)
     section = cfg.pretrain.model_dump(mode="json")
     run_id = lineage.start_child(mlf, exp_id, parent, "pretrain", section, tags, f"sweep-h{cfg.model.hidden_size}")
     try:
-        ref, _ = run_phase("pretrain", cfg, {"model": refs["model"]}, home, MlflowSink(run_id, lineage.tracking_uri(home)))
+        ref, _ = run_phase("pretrain", cfg.pretrain, {"model": refs["model"]}, home, sink=MlflowSink(run_id, lineage.tracking_uri(home)))
     except BaseException as e:
         lineage.fail_run(mlf, run_id, e)
         raise

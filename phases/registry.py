@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from phases.align import build as align
-from phases.config import LifecycleConfig
+from phases.config import PHASE_NAMES, LifecycleConfig, Section
 from phases.data import build as data
 from phases.evaluate import build as evaluate
 from phases.inference import build as inference
@@ -33,17 +33,26 @@ class PhaseSpec:
     inputs: tuple[str, ...]
     build: Callable[..., dict[str, Any]]  # phases/<name>/build.py: build(cfg, inputs, out, sink) -> summary
     headline: tuple[str, ...]  # summary keys printed at the end of a run
+    records: tuple[str, ...] = ()  # globs of files that record how the output was made (logs, timings): not content
+
+    def key(self, section: Section, inputs: Mapping[str, PhaseRef]) -> str:
+        """The output's key: the one place it is computed."""
+        return phase_key(self.name, self.version, section.model_dump(mode="json"), {n: inputs[n].fingerprint for n in self.inputs})
 
 
+RECORDS = ("*.log", "metrics.jsonl")
 PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("data", 2, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
-    PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters")),
-    PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s")),
-    PhaseSpec("align", 1, ("pretrain", "data"), align.build, ("num_pairs", "first_loss", "final_loss")),
-    PhaseSpec("inference", 1, ("align",), inference.build, ("num_prompts", "tokens_per_s")),
-    PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity")),
+    PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters"), RECORDS),
+    # summary.json, training_args.json (it names the staging directory) and the model card carry timings and paths.
+    PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
+              (*RECORDS, "summary.json", "training_args.json", "README.md")),
+    PhaseSpec("align", 1, ("pretrain", "data"), align.build, ("num_pairs", "first_loss", "final_loss"), RECORDS),
+    PhaseSpec("inference", 1, ("align",), inference.build, ("num_prompts", "tokens_per_s"), RECORDS),
+    PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity"), RECORDS),
 )
 BY_NAME = {p.name: p for p in PHASES}
+assert tuple(BY_NAME) == PHASE_NAMES, "phases.config.PHASE_NAMES and the registry disagree"
 
 
 def sources_ref(cfg: LifecycleConfig) -> PhaseRef:
@@ -54,36 +63,44 @@ def sources_ref(cfg: LifecycleConfig) -> PhaseRef:
     return PhaseRef(phase="sources", key=fp[:20], uri=";".join(s.path or s.kind for s in cfg.data.sources), fingerprint=fp, summary=summary)
 
 
-def key_for(spec: PhaseSpec, cfg: LifecycleConfig, inputs: Mapping[str, PhaseRef]) -> str:
-    return phase_key(spec.name, spec.version, cfg.section(spec.name).model_dump(mode="json"), {n: r.fingerprint for n, r in inputs.items()})
-
-
-def finished_output(spec: PhaseSpec, cfg: LifecycleConfig, inputs: Mapping[str, PhaseRef], home: Path) -> PhaseRef | None:
-    path = output_dir(home, spec.name, key_for(spec, cfg, inputs))
+def finished_output(name: str, key: str, home: Path) -> PhaseRef | None:
+    path = output_dir(home, name, key)
     return ref_from_dir(path) if is_complete(path) else None
 
 
 def run_phase(
     name: str,
-    cfg: LifecycleConfig,
+    section: Section,
     inputs: Mapping[str, PhaseRef],
     home: Path,
+    *,
+    key: str | None = None,
     sink: MetricsSink | None = None,
     extra: Mapping[str, Any] | None = None,
+    reuse_only: bool = False,
 ) -> tuple[PhaseRef, bool]:
-    """Build one phase's output (or reuse the finished one). Returns (ref, reused)."""
+    """Build one phase's output (or reuse the finished one). Returns (ref, reused).
+
+    ``key`` is the one the caller planned with :meth:`PhaseSpec.key` (computed here when
+    omitted, e.g. from a notebook); ``reuse_only`` fails instead of building.
+    """
     spec = BY_NAME[name]
     missing = [n for n in spec.inputs if n not in inputs]
     if missing:
         raise ValueError(f"phase {name} needs inputs {missing}")
-    section = cfg.section(name)
-    fn = spec.build
+    inputs = {n: inputs[n] for n in spec.inputs}
+    manifest = {
+        "version": spec.version,
+        "config": section.model_dump(mode="json"),
+        "inputs": {n: {"uri": r.uri, "fingerprint": r.fingerprint, "key": r.key} for n, r in inputs.items()},
+        **(dict(extra) if extra else {}),
+    }
     return materialize(
         home=Path(home),
         phase=name,
-        version=spec.version,
-        section=section.model_dump(mode="json"),
-        inputs={n: inputs[n] for n in spec.inputs},
-        build=lambda out: fn(section, {n: inputs[n] for n in spec.inputs}, out, sink or NullSink()),
-        extra=extra,
+        key=key or spec.key(section, inputs),
+        build=lambda out: spec.build(section, inputs, out, sink or NullSink()),
+        manifest=manifest,
+        records=spec.records,
+        reuse_only=reuse_only,
     )

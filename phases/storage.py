@@ -3,11 +3,24 @@
 A phase writes into ``<home>/outputs/<phase>/<key>/`` where ``key`` hashes (phase, phase
 version, its config section, its inputs' fingerprints). The directory is filled under a
 temporary name, the manifest is written last, and the directory is renamed into place, so
-a directory with a ``manifest.json`` is always complete and is reused on rerun.
+a directory with a ``manifest.json`` is always complete and is reused on rerun. This is the
+only reuse check in the project (no second cache, such as Prefect's persisted results).
+
+Two runs that want the same output take turns on a lock file beside it: the second waits,
+then finds the published directory and reuses it, instead of building it again and
+replacing it under the first run's feet.
+
+An output's fingerprint covers what consumers read (weights, tokenizer, data, reports); a
+phase names its *records* (logs, per-step metrics, timings: files that differ between two
+runs of the same key) so that they stay out of it. Every file is still listed with its
+digest in the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import hashlib
 import json
 import logging
@@ -19,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from phases.config import canonical_json
+from phases.errors import NotReadyError
 from phases.refs import PhaseRef
 
 MANIFEST = "manifest.json"
@@ -27,7 +41,7 @@ log = logging.getLogger("lifecycle.storage")
 
 
 def phase_key(phase: str, version: int, section: Mapping[str, Any], input_fingerprints: Mapping[str, str]) -> str:
-    """The one hash behind both the output directory and the Prefect cache key."""
+    """The hash that names a phase's output directory."""
     payload = {"phase": phase, "version": version, "config": section, "inputs": dict(sorted(input_fingerprints.items()))}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:20]
 
@@ -51,21 +65,45 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def dir_digest(path: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> tuple[str, dict[str, str]]:
-    """sha256 over every file's relative path and bytes, plus the per-file digests."""
+def file_digests(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (but the manifest and hidden files), by relative path."""
     path = Path(path)
     files: dict[str, str] = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        if rel in exclude or any(part.startswith(".") for part in f.relative_to(path).parts):
+        if rel == MANIFEST or any(part.startswith(".") for part in f.relative_to(path).parts):
             continue
         h = hashlib.sha256()
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
         files[rel] = h.hexdigest()
-    total = hashlib.sha256(canonical_json(files).encode()).hexdigest()
-    return total, files
+    return files
+
+
+def content_fingerprint(files: Mapping[str, str], records: tuple[str, ...] = ()) -> str:
+    """One digest over the files' paths and digests, leaving out those matching a ``records`` glob."""
+    content = {rel: d for rel, d in files.items() if not any(fnmatch.fnmatch(rel, g) for g in records)}
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def dir_digest(path: Path, records: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
+    """The content fingerprint of a directory and its per-file digests."""
+    files = file_digests(path)
+    return content_fingerprint(files, records), files
+
+
+@contextlib.contextmanager
+def output_lock(final: Path):
+    """An exclusive lock on one output directory, held while it is checked, built and published."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with (final.parent / f".{final.name}.lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s is being built by another run: waiting for it", final)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def readable_by_all(path: Path) -> None:
@@ -88,50 +126,54 @@ def materialize(
     *,
     home: Path,
     phase: str,
-    version: int,
-    section: Mapping[str, Any],
-    inputs: Mapping[str, PhaseRef],
+    key: str,
     build: Callable[[Path], dict[str, Any]],
-    extra: Mapping[str, Any] | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    records: tuple[str, ...] = (),
+    reuse_only: bool = False,
 ) -> tuple[PhaseRef, bool]:
-    """Run ``build(staging_dir) -> summary`` unless the keyed output exists; publish atomically.
+    """Run ``build(staging_dir) -> summary`` unless the output keyed ``key`` exists; publish atomically.
 
+    ``manifest`` holds what the manifest records besides the result (version, config,
+    inputs, lineage); ``records`` are the globs kept out of the fingerprint. With
+    ``reuse_only`` a missing output raises :class:`NotReadyError` instead of being built.
     Returns the output's reference and whether it was reused.
     """
-    key = phase_key(phase, version, section, {n: r.fingerprint for n, r in inputs.items()})
     final = output_dir(home, phase, key)
-    if is_complete(final):
+    if is_complete(final):  # the common case on a rerun: no lock needed to read a published output
         log.info("%s: reusing finished output %s", phase, final)
         return ref_from_dir(final), True
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{key}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    started = time.time()
-    try:
-        summary = build(staging)
-        readable_by_all(staging)
-        fingerprint, files = dir_digest(staging)
-        # A phase may vouch for its content with its own digest (the data phase hashes rows,
-        # which stay identical when only a writer's footer bytes differ, e.g. across Spark masters).
-        fingerprint = summary.pop(CONTENT_FINGERPRINT, None) or fingerprint
-        manifest = {
-            "phase": phase,
-            "version": version,
-            "key": key,
-            "fingerprint": fingerprint,
-            "config": dict(section),
-            "inputs": {n: {"uri": r.uri, "fingerprint": r.fingerprint, "key": r.key} for n, r in inputs.items()},
-            "summary": summary,
-            "files": files,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "duration_s": round(time.time() - started, 3),
-            **(dict(extra) if extra else {}),
-        }
-        write_json_atomic(staging / MANIFEST, manifest)
-        if final.exists():  # an unfinished leftover from a killed run: replace it
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if reuse_only:
+        raise NotReadyError(f"phase {phase} has no finished output for this config (key {key}); add it to --phases")
+    with output_lock(final):
+        if is_complete(final):  # another run published it while this one waited
+            log.info("%s: reusing the output another run just published: %s", phase, final)
+            return ref_from_dir(final), True
+        staging = final.parent / f".{key}.staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        started = time.time()
+        try:
+            summary = build(staging)
+            readable_by_all(staging)
+            fingerprint, files = dir_digest(staging, records)
+            # A phase may vouch for its content with its own digest (the data phase hashes rows,
+            # which stay identical when only a writer's footer bytes differ, e.g. across Spark masters).
+            fingerprint = summary.pop(CONTENT_FINGERPRINT, None) or fingerprint
+            write_json_atomic(staging / MANIFEST, {
+                "phase": phase,
+                "key": key,
+                "fingerprint": fingerprint,
+                **dict(manifest or {}),
+                "summary": summary,
+                "files": files,
+                "records": list(records),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "duration_s": round(time.time() - started, 3),
+            })
+            if final.exists():  # an unfinished leftover from a killed run: replace it
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return ref_from_dir(final), False

@@ -136,8 +136,11 @@ def headline_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     return {f"headline/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def finish_child(mlf, run_id: str, ref: PhaseRef, reused: bool, source_run_id: str | None = None) -> None:
+def finish_child(mlf, run_id: str, ref: PhaseRef, reused: bool) -> None:
+    """Close a phase's child run; a reused output points to the run that produced it."""
     from mlflow.entities import Metric
+
+    from phases.storage import read_manifest
 
     manifest = Path(ref.uri) / MANIFEST
     mlf.log_artifact(run_id, str(manifest))
@@ -148,22 +151,12 @@ def finish_child(mlf, run_id: str, ref: PhaseRef, reused: bool, source_run_id: s
     mlf.set_tag(run_id, "lifecycle.output_uri", ref.uri)
     mlf.set_tag(run_id, "lifecycle.fingerprint", ref.fingerprint)
     mlf.set_tag(run_id, TAG_REUSED, str(reused).lower())
-    if source_run_id:
-        mlf.set_tag(run_id, TAG_SOURCE_RUN, source_run_id)
+    source = read_manifest(Path(ref.uri)).get("lineage", {}).get("mlflow_run_id") if reused else None
+    if source:
+        mlf.set_tag(run_id, TAG_SOURCE_RUN, source)
     mlf.set_terminated(run_id, "FINISHED")
 
 
 def fail_run(mlf, run_id: str, error: BaseException) -> None:
     mlf.set_tag(run_id, "lifecycle.error", f"{type(error).__name__}: {error}"[:5000])
     mlf.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-
-
-def record_reused(mlf, exp_id: str, parent_id: str, phase: str, section: Mapping[str, Any], tags: Mapping[str, str], inputs: Mapping[str, PhaseRef], ref: PhaseRef) -> str:
-    """A child run for a phase whose finished output was reused (Prefect cache hit or not selected)."""
-    from phases.storage import read_manifest
-
-    run_id = start_child(mlf, exp_id, parent_id, phase, section, tags, ref.key)
-    log_inputs(mlf, run_id, inputs)
-    source = read_manifest(Path(ref.uri)).get("lineage", {}).get("mlflow_run_id")
-    finish_child(mlf, run_id, ref, reused=True, source_run_id=source)
-    return run_id

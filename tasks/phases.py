@@ -1,4 +1,11 @@
-"""One thin Prefect task per phase: cache key, transient retries, and the phase's MLflow run."""
+"""One thin Prefect task per phase: transient retries and the phase's MLflow run.
+
+Reuse is decided in one place, the phase's keyed output directory (phases.storage): the
+task always runs, gets its config section, its input refs and the key the flow planned,
+and either builds the output or finds it finished. A reused phase ends in Prefect's state
+``Reused`` (a kind of Completed) and gets one MLflow child run tagged
+``lifecycle.reused=true``. No Prefect result is persisted: nothing is pickled to disk.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.states import Completed
 
-from phases.config import LifecycleConfig
+from phases.config import Section
 from phases.errors import LifecycleError
 from phases.metrics import MlflowSink
 from phases.refs import PhaseRef
-from phases.registry import run_phase
+from phases.registry import PHASES, run_phase
 from tasks import lineage
-from tasks.caching import phase_cache_key
 
 # Failures worth another try: the tracking store or a filesystem hiccup, never a bad
 # config, bad data or a crashed training job (those fail the same way again).
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
+# Task names say what the task does (the Prefect UI lists them).
+VERBS = {"data": "prepare_data", "model": "prepare_model", "pretrain": "pretrain_model",
+         "align": "align_model", "inference": "run_inference", "evaluate": "evaluate_model"}
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -34,54 +44,36 @@ class LineageContext:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> tuple[PhaseRef, bool]:
+def run_in_child_run(phase: str, section: Section, inputs: dict[str, PhaseRef], key: str, ctx: LineageContext,
+                     reuse_only: bool = False) -> tuple[PhaseRef, bool]:
+    """Build or reuse one phase's output inside its own MLflow child run."""
     logger = get_run_logger()
     mlf = lineage.client(Path(ctx.home))
-    section = cfg.section(phase).model_dump(mode="json")
-    run_id = lineage.start_child(mlf, ctx.experiment_id, ctx.parent_run_id, phase, section, ctx.tags, key)
+    run_id = lineage.start_child(mlf, ctx.experiment_id, ctx.parent_run_id, phase, section.model_dump(mode="json"), ctx.tags, key)
     logger.info("%s: MLflow run %s", phase, run_id)
     try:
         lineage.log_inputs(mlf, run_id, inputs)
-        extra = {"lineage": {"mlflow_run_id": run_id, **ctx.tags}}
-        ref, reused = run_phase(phase, cfg, inputs, Path(ctx.home), MlflowSink(run_id, lineage.tracking_uri(Path(ctx.home))), extra=extra)
-        if ref.key != key:
-            raise RuntimeError(f"{phase}: output key {ref.key} differs from the planned key {key}")
+        sink = MlflowSink(run_id, lineage.tracking_uri(Path(ctx.home)))
+        ref, reused = run_phase(phase, section, inputs, Path(ctx.home), key=key, sink=sink,
+                                extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}}, reuse_only=reuse_only)
         lineage.finish_child(mlf, run_id, ref, reused)
-        logger.info("%s: %s %s", phase, "reused" if reused else "published", ref.uri)
-        return ref, reused
     except BaseException as e:
         lineage.fail_run(mlf, run_id, e)
         raise
+    logger.info("%s: %s %s", phase, "reused" if reused else "published", ref.uri)
+    return ref, reused
 
 
-def _phase_task(phase: str, name: str, retries: int = 2):
-    @task(
-        name=name,
-        cache_key_fn=phase_cache_key,
-        persist_result=True,
-        retries=retries,
-        retry_delay_seconds=5,
-        retry_condition_fn=_retry_transient,
-    )
-    def run(phase: str, key: str, cfg: LifecycleConfig, inputs: dict[str, PhaseRef], ctx: LineageContext) -> tuple[PhaseRef, bool]:
-        return _run(phase, key, cfg, inputs, ctx)
+def _phase_task(phase: str):
+    @task(name=VERBS[phase], persist_result=False, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_transient)
+    def run(section: Section, inputs: dict[str, PhaseRef], key: str, ctx: LineageContext, reuse_only: bool = False):
+        ref, reused = run_in_child_run(phase, section, inputs, key, ctx, reuse_only)
+        if reused:
+            return Completed(name="Reused", message=f"reused {ref.uri}", data=(ref, True))
+        return ref, False
 
     run.__doc__ = f"Run (or reuse) the {phase} phase."
     return run
 
 
-prepare_data = _phase_task("data", "prepare_data")
-prepare_model = _phase_task("model", "prepare_model")
-pretrain_model = _phase_task("pretrain", "pretrain_model")
-align_model = _phase_task("align", "align_model")
-run_inference = _phase_task("inference", "run_inference")
-evaluate_model = _phase_task("evaluate", "evaluate_model")
-
-TASKS = {
-    "data": prepare_data,
-    "model": prepare_model,
-    "pretrain": pretrain_model,
-    "align": align_model,
-    "inference": run_inference,
-    "evaluate": evaluate_model,
-}
+TASKS = {spec.name: _phase_task(spec.name) for spec in PHASES}

@@ -77,7 +77,8 @@ def validation_perplexity(model_dir: Path, packed_dir: Path, cfg: EvaluateConfig
 
 
 def build(cfg: EvaluateConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
-    from phases.data.io import offline_env, read_split
+    from phases.data.io import read_split
+    from phases.env import offline_env
 
     offline_env()
     out, model_dir = Path(out), inputs["align"].path

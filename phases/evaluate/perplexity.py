@@ -7,7 +7,6 @@ count as much as a full one.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,20 +14,12 @@ from typing import Any
 import numpy as np
 
 from phases.errors import DataError
+from phases.model import artifact
 
 
 def read_packed(model_dir: Path) -> np.ndarray:
     """The ``(n, seq_len)`` token array of ``val.bin``, memory-mapped (read only)."""
-    model_dir = Path(model_dir)
-    meta_path, bin_path = model_dir / "packed.json", model_dir / "val.bin"
-    if not meta_path.is_file() or not bin_path.is_file():
-        raise DataError(f"{model_dir} has no val.bin/packed.json: point evaluate at the model phase's output")
-    meta = json.loads(meta_path.read_text())
-    dtype, seq_len = np.dtype(meta["dtype"]), int(meta["seq_len"])
-    flat = np.memmap(bin_path, dtype=dtype, mode="r")
-    if flat.size == 0 or flat.size % seq_len:
-        raise DataError(f"{bin_path} holds {flat.size} tokens, not a whole number of rows of seq_len={seq_len}")
-    return flat.reshape(-1, seq_len)
+    return artifact.rows(model_dir, "val")
 
 
 def nll_sum(logits, input_ids) -> tuple[float, int]:

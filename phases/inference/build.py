@@ -57,7 +57,7 @@ def generate_rows(model, tokenizer, cfg: InferenceConfig) -> tuple[list[dict[str
 
 
 def build(cfg: InferenceConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
-    from phases.data.io import offline_env
+    from phases.env import offline_env
 
     offline_env()
     model, tokenizer = load_model(inputs["align"].path)

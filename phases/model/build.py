@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from phases.config import ModelConfig
 from phases.errors import DataError
 from phases.metrics import MetricsSink, write_table
-from phases.model.packing import pack_split, token_dtype
+from phases.model import artifact
+from phases.model.packing import pack_split
 from phases.model.sizing import SIZE_PRESETS, llama_parameters, plan
 from phases.model.tokenizer import load_tokenizer, train_tokenizer
 
@@ -76,7 +78,7 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
     else:
         tokenizer = train_tokenizer(train_dir, cfg.vocab_size, cfg.min_frequency, cfg.tokenizer_max_bytes, cfg.special_tokens)
     tokenizer.model_max_length = cfg.max_position_embeddings
-    tokenizer.save_pretrained(out / "tokenizer")
+    tokenizer.save_pretrained(out / artifact.TOKENIZER)
 
     split_stats = {}
     for name, split in (("train", train_dir), ("val", val_dir)):
@@ -88,18 +90,7 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
     tr = split_stats["train"]
     shape, sizing = resolve_shape(cfg, len(tokenizer), tr.doc_tokens + tr.separators)
     config = llama_config(shape, cfg, tokenizer)
-    (out / "model_config.json").write_text(json.dumps(config, indent=2, default=str))
-    packed = {
-        "dtype": token_dtype(len(tokenizer)).name,
-        "seq_len": cfg.seq_len,
-        "train_sequences": split_stats["train"].sequences,
-        "val_sequences": split_stats["val"].sequences,
-        "vocab_size": len(tokenizer),
-        "bos_id": tokenizer.bos_token_id,
-        "eos_id": tokenizer.eos_token_id,
-        "pad_id": tokenizer.pad_token_id,
-    }
-    (out / "packed.json").write_text(json.dumps(packed, indent=2))
+    packed = artifact.packed_meta(tokenizer, cfg.seq_len, split_stats["train"].sequences, split_stats["val"].sequences)
 
     per_source = [
         {"source": src, **v, "fertility": round(v["tokens"] / max(v["words"], 1), 4), "bytes_per_token": round(v["bytes"] / max(v["tokens"], 1), 4)}
@@ -121,11 +112,11 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
         "per_source": per_source,
         "plan": sizing,
     }
-    (out / "plan.json").write_text(json.dumps(sizing, indent=2))
+    artifact.write_meta(out, config, packed, sizing)
     sink.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     for row in per_source:
         sink.log_metrics({f"fertility/{row['source']}": row["fertility"], f"bytes_per_token/{row['source']}": row["bytes_per_token"], f"tokens/{row['source']}": row["tokens"]})
-    sink.log_dict(packed, "packed.json")
+    sink.log_dict(asdict(packed), artifact.PACKED)
     write_table([{"key": k, "value": v} for k, v in sizing.items()], "plan_table.json", sink)
     write_table(per_source, "tokenizer_stats.json", sink)
     sink.log_artifact(out / "tokenizer", "tokenizer")

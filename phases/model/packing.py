@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phases.model.artifact import token_dtype
+
 log = logging.getLogger("lifecycle.model")
 
 
@@ -44,10 +46,6 @@ class PackStats:
         s["tokens"] += tokens
         s["words"] += words
         s["bytes"] += nbytes
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
 
 
 def pack_split(split_dir: Path, tokenizer, seq_len: int, out_bin: Path, out_docs: Path, batch_rows: int = 256) -> PackStats:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from phases.errors import ConfigError
+from phases.hardware import HARDWARE, Hardware, hardware  # noqa: F401 (re-exported for the planner's callers)
 
 # Named sizes: (hidden, layers, heads, intermediate). Intermediate ~ 8/3 hidden (SwiGLU).
 SIZE_PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -31,26 +32,6 @@ SIZE_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "1.3B": (2048, 24, 16, 5504),
     "2.7B": (2560, 32, 20, 6912),
     "6.7B": (4096, 32, 32, 11008),
-}
-
-
-@dataclass(frozen=True)
-class Hardware:
-    name: str
-    memory_gib: float
-    bf16: bool
-    peak_flops: float | None  # dense bf16 (fp16 where no bf16) per device
-
-
-# Peaks for H100/H200/A100 agree with phases.pretrain.flops (which measures MFU).
-HARDWARE: dict[str, Hardware] = {
-    "cpu": Hardware("cpu", 24, False, None),
-    "A100": Hardware("A100", 80, True, 312e12),
-    "H100": Hardware("H100", 80, True, 989e12),
-    "H200": Hardware("H200", 141, True, 989e12),
-    "L4": Hardware("L4", 24, True, 121e12),
-    "A10G": Hardware("A10G", 24, True, 125e12),
-    "V100": Hardware("V100", 32, False, 125e12),
 }
 
 
@@ -126,13 +107,6 @@ def budget_from_gpu_hours(gpu_hours: float, gpu: str, mfu: float) -> float:
     if hw.peak_flops is None:
         raise ConfigError(f"gpu {gpu!r} has no known peak FLOP/s; give the budget in FLOPs instead")
     return gpu_hours * 3600.0 * hw.peak_flops * mfu
-
-
-def hardware(name: str) -> Hardware:
-    for key, hw in HARDWARE.items():
-        if key.lower() == name.lower():
-            return hw
-    raise ConfigError(f"unknown GPU {name!r}; known: {', '.join(HARDWARE)}")
 
 
 @dataclass(frozen=True)
@@ -230,16 +204,3 @@ def plan(
         global_batch_sequences=global_seqs,
         max_steps=max(1, tokens // (global_seqs * seq_len)),
     )
-
-
-def deepspeed_for(p: Plan) -> dict[str, Any]:
-    """The DeepSpeed config the plan implies, derived by the pretraining phase's own function."""
-    from phases.config import PretrainConfig
-    from phases.pretrain.dsconfig import deepspeed_config
-
-    steps = max(2, p.max_steps)
-    cfg = PretrainConfig(
-        max_steps=steps, micro_batch_size=p.micro_batch_size, grad_accum=p.grad_accum, zero_stage=p.zero_stage,
-        precision=p.precision, num_gpus=p.num_gpus, warmup_steps=min(2000, steps // 10),
-    )
-    return deepspeed_config(cfg, world_size=p.num_gpus)

@@ -23,11 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from phases.config import PretrainConfig
-from phases.errors import DataError, LaunchError
+from phases.env import OFFLINE
+from phases.errors import LaunchError
 from phases.metrics import MetricsSink
+from phases.model import artifact
 from phases.process import run_supervised
 from phases.pretrain import checkpoint
 from phases.pretrain.dsconfig import deepspeed_config
@@ -38,7 +39,6 @@ from phases.storage import readable_by_all
 log = logging.getLogger("lifecycle.pretrain")
 
 ENTRY_MODULE = "phases.pretrain.entry"
-MODEL_FILES = ("model_config.json", "packed.json", "train.bin", "val.bin", "tokenizer/tokenizer.json")
 SUMMARY_KEYS = ("first_loss", "final_loss", "val_loss", "val_perplexity", "tokens_per_s", "steps", "tokens_seen", "world_size")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
     """Train from scratch on ``inputs["model"]``; fill ``out`` with an HF model + tokenizer."""
     model_dir = inputs["model"].path.resolve()
-    check_model_dir(model_dir)
+    artifact.check(model_dir)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     world_size = cfg.num_gpus * cfg.num_nodes
@@ -104,8 +104,7 @@ def child_env(sink: MetricsSink) -> dict[str, str]:
     """This process's environment plus what every rank needs: offline hubs, unbuffered
     output (lines reach the log as they happen), the import path, the sink's run."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.update(OFFLINE, PYTHONUNBUFFERED="1")
     # The package is normally installed; the path also makes a plain checkout work.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(sink.subprocess_env())
@@ -117,31 +116,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def check_model_dir(model_dir: Path) -> None:
-    """Fail here, in one process and with the fix named, what would otherwise fail in every
-    rank after a minute of startup (a short file, token ids beyond the embedding table)."""
-    missing = [f for f in MODEL_FILES if not (model_dir / f).is_file()]
-    if missing:
-        raise DataError(f"model phase output {model_dir} lacks {', '.join(missing)}; rerun the model phase")
-    meta = json.loads((model_dir / "packed.json").read_text())
-    row_bytes = int(meta["seq_len"]) * np.dtype(meta["dtype"]).itemsize
-    for split in ("train", "val"):
-        expected = meta.get(f"{split}_sequences")
-        size = (model_dir / f"{split}.bin").stat().st_size
-        if size == 0 or size % row_bytes or (expected is not None and size // row_bytes != expected):
-            raise DataError(
-                f"{model_dir / f'{split}.bin'} has {size} bytes, not {expected} rows of {row_bytes} bytes "
-                f"(packed.json: seq_len={meta['seq_len']}, dtype={meta['dtype']}); rerun the model phase"
-            )
-    model = json.loads((model_dir / "model_config.json").read_text())
-    if meta.get("vocab_size") and model.get("vocab_size", 0) < meta["vocab_size"]:
-        raise DataError(f"model_config.json vocab_size={model.get('vocab_size')} is below the tokenizer's "
-                        f"{meta['vocab_size']} (packed.json); the model phase must size the embeddings to the tokenizer")
-    if model.get("max_position_embeddings", meta["seq_len"]) < meta["seq_len"]:
-        raise DataError(f"model_config.json max_position_embeddings={model['max_position_embeddings']} is below "
-                        f"seq_len={meta['seq_len']} (packed.json); raise model.max_position_embeddings")
 
 
 def read_summary(out: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from phases.config import PretrainConfig, canonical_json
 from phases.errors import DataError
+from phases.model import artifact
 
 LATEST = "latest.json"
 STATE_FILE = "lifecycle.json"
@@ -62,7 +63,7 @@ class RunState:
 
 def run_id(cfg: PretrainConfig, model_dir: Path) -> str:
     section = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
-    arch = json.loads((Path(model_dir) / "model_config.json").read_text())
+    arch = artifact.read_architecture(model_dir)
     return hashlib.sha256(canonical_json({"pretrain": section, "architecture": arch}).encode()).hexdigest()[:20]
 
 

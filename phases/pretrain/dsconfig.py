@@ -99,3 +99,13 @@ def _validate(cfg: PretrainConfig, world_size: int) -> None:
         raise ConfigError(f"pretrain.warmup_steps={cfg.warmup_steps} must be below pretrain.max_steps={cfg.max_steps}")
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise ConfigError(f"pretrain.min_lr_ratio={cfg.min_lr_ratio!r} is invalid: must be in [0, 1]")
+
+
+def deepspeed_for_plan(p) -> dict[str, Any]:
+    """The DeepSpeed config a :class:`phases.model.sizing.Plan` implies (``lifecycle plan`` prints it)."""
+    steps = max(2, p.max_steps)
+    cfg = PretrainConfig(
+        max_steps=steps, micro_batch_size=p.micro_batch_size, grad_accum=p.grad_accum, zero_stage=p.zero_stage,
+        precision=p.precision, num_gpus=p.num_gpus, warmup_steps=min(2000, steps // 10),
+    )
+    return deepspeed_config(cfg, world_size=p.num_gpus)

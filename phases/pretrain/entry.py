@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from phases.config import PretrainConfig
     from phases.metrics import NullSink, sink_from_env
+    from phases.model import artifact
     from phases.pretrain import checkpoint, loop, runtime
     from phases.pretrain.flops import flops_per_token
 
@@ -38,8 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     _seed_everything(cfg.seed)  # same seed on every rank: identical initial weights
-    meta = json.loads((model_dir / "packed.json").read_text())
-    arch = json.loads((model_dir / "model_config.json").read_text())
+    meta, arch = artifact.read_packed(model_dir), artifact.read_architecture(model_dir)
     engine = runtime.build_engine(cfg, arch, world)  # the weights are drawn here
     facts = runtime.describe(engine)  # device, backend, dtypes, attention kernel: into the summary
     if rank == 0:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from phases.config import PretrainConfig
+from phases.model import artifact
 
 CARD = "README.md"
 
@@ -63,7 +64,7 @@ the tokenizer files are beside the weights.
 
 
 def write_model_card(out: Path, cfg: PretrainConfig, summary: dict[str, Any], data_fingerprint: str, model_dir: Path) -> Path:
-    architecture = json.loads((Path(model_dir) / "model_config.json").read_text())
+    architecture = artifact.read_architecture(model_dir)
     path = Path(out) / CARD
     path.write_text(model_card(cfg, summary, data_fingerprint, str(model_dir), architecture))
     return path

@@ -14,27 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-# Dense bf16 tensor-core peaks from the vendor data sheets, most specific name first:
-# `torch.cuda.get_device_name()` returns e.g. "NVIDIA H100 80GB HBM3" (SXM) or "NVIDIA H100 PCIe".
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("A100", 312e12),
-)
-
+from phases.hardware import device_peak_flops
 
 def peak_flops(override: float | None, device_name: str | None) -> float | None:
-    """The config's ``peak_flops`` if set, else the table's entry for the device, else None."""
+    """The config's ``peak_flops`` if set, else the hardware table's peak for the device, else None."""
     if override:
         return float(override)
-    if not device_name:
-        return None
-    for name, flops in PEAK_BF16_FLOPS:
-        if name.lower() in device_name.lower():
-            return flops
-    return None
+    return device_peak_flops(device_name)
 
 
 def matmul_params(model_config: dict[str, Any]) -> int:

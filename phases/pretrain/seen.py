@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from phases.config import PretrainConfig
 from phases.errors import DataError
+from phases.model import artifact
 
 
 def rows_to_documents(docs: pa.Table, rows: np.ndarray, seq_len: int) -> pa.Table:
@@ -49,7 +50,7 @@ def documents_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[pa.Tab
         raise DataError(f"{pretrain_dir} is not a pretraining output ({e.filename} missing)") from None
     cfg = PretrainConfig.model_validate(spec["pretrain"])
     model_dir = Path(spec["model_dir"])
-    meta = json.loads((model_dir / "packed.json").read_text())
+    meta = artifact.read_packed(model_dir)
     done = int(summary["steps"])
     steps = done if steps is None else steps
     if not 0 <= steps <= done:

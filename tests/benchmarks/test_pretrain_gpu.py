@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from phases.model import artifact
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.gpu]
 
@@ -71,12 +72,15 @@ class _Vocab:
     """The sizes and special ids prepare.llama_config reads from a tokenizer."""
 
     def __init__(self, size: int, tokenizer) -> None:
-        self.size = size
+        self.size, self.tokenizer = size, tokenizer
         self.bos_token_id, self.eos_token_id, self.pad_token_id = (
             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def __len__(self) -> int:
         return self.size
+
+    def save_pretrained(self, path) -> None:
+        self.tokenizer.save_pretrained(path)
 
 
 def make_model_dir(root: Path, model_cfg, train_rows: int = 2048, val_rows: int = 256, seed: int = 0) -> Path:
@@ -87,20 +91,12 @@ def make_model_dir(root: Path, model_cfg, train_rows: int = 2048, val_rows: int 
 
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(made_up_documents(50, seed))  # only copied into the output
-    tokenizer.save_pretrained(root / "tokenizer")
     vocab = model_cfg.vocab_size
     shape, _ = resolve_shape(model_cfg, vocab, tokens_available=train_rows * model_cfg.seq_len)
     arch = llama_config(shape, model_cfg, _Vocab(vocab, tokenizer))
-    (root / "model_config.json").write_text(json.dumps(arch, indent=2, default=str))
     rng = np.random.default_rng(seed)
-    dtype = np.uint16 if vocab <= 2**16 else np.uint32
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        rng.integers(0, vocab, size=(rows, model_cfg.seq_len), dtype=np.int64).astype(dtype).tofile(root / f"{name}.bin")
-    (root / "packed.json").write_text(json.dumps({
-        "dtype": np.dtype(dtype).name, "seq_len": model_cfg.seq_len, "train_sequences": train_rows,
-        "val_sequences": val_rows, "vocab_size": vocab, "bos_id": tokenizer.bos_token_id,
-        "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id,
-    }))
+    train, val = (rng.integers(0, vocab, size=(rows, model_cfg.seq_len), dtype=np.int64) for rows in (train_rows, val_rows))
+    artifact.write(root, _Vocab(vocab, tokenizer), arch, train, val)
     return root
 
 
@@ -141,8 +137,7 @@ def train_in_process(cfg, model_dir: Path, warmup: int, timed: int) -> dict:
     from phases.pretrain.flops import flops_per_token
 
     cfg = cfg.model_copy(update={"max_steps": warmup + timed, "eval_every": warmup + timed})
-    meta = json.loads((model_dir / "packed.json").read_text())
-    arch = json.loads((model_dir / "model_config.json").read_text())
+    meta, arch = artifact.read_packed(model_dir), artifact.read_architecture(model_dir)
     entry._skip_shm_comm_build()
     join_process_group()
     entry._seed_everything(cfg.seed)

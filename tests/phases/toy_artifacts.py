@@ -12,7 +12,6 @@ Plain functions (no pytest): each folder's conftest wraps them in session fixtur
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -20,12 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from phases.model import artifact  # noqa: E402
 from phases.refs import PhaseRef  # noqa: E402
 
 SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
 MAX_POSITIONS = 256
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "<|assistant|>\n{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n"
+    "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 PROSE = [
@@ -125,9 +127,8 @@ def make_packed_dir(root: Path, model_dir: Path, data_dir: Path, seq_len: int = 
     n = len(ids) // seq_len
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    np.asarray(ids[: n * seq_len], dtype=np.uint16).reshape(n, seq_len).tofile(root / "val.bin")
-    (root / "packed.json").write_text(json.dumps({"dtype": "uint16", "seq_len": seq_len, "val_sequences": n}))
-    tokenizer.save_pretrained(root / "tokenizer")
+    val = np.asarray(ids[: n * seq_len]).reshape(n, seq_len)
+    artifact.write(root, tokenizer, {"vocab_size": len(tokenizer), "max_position_embeddings": MAX_POSITIONS}, val[:1], val)
     return root
 
 

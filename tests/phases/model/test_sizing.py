@@ -1,13 +1,13 @@
 """The planner against the Chinchilla relations and a fitted loss law."""
 
-import math
 
 import pytest
 
 from flows.cli import main
 from phases.errors import ConfigError
+from phases.pretrain.dsconfig import deepspeed_for_plan as deepspeed_for
 from phases.model.sizing import (
-    SIZE_PRESETS, budget_from_gpu_hours, chinchilla, deepspeed_for, llama_parameters, loss_law_optimum, plan, shape_for, zero_stage_for, HARDWARE,
+    SIZE_PRESETS, budget_from_gpu_hours, chinchilla, llama_parameters, loss_law_optimum, plan, shape_for, zero_stage_for, HARDWARE,
 )
 
 CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # Hoffmann et al. 2022, approach 3

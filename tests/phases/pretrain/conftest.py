@@ -6,12 +6,12 @@ train.bin / val.bin (uint16 rows of 32 tokens packed from made-up text), packed.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
 
 import pytest
+from phases.model import artifact
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,21 +69,12 @@ def make_model_phase_dir(root: Path, seed: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     train_docs, val_docs = made_up_documents(400, seed), made_up_documents(40, seed + 1)
     tokenizer = train_tokenizer(train_docs)
-    tokenizer.save_pretrained(root / "tokenizer")
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         intermediate_size=64, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    (root / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    train, val = pack(tokenizer, train_docs, SEQ_LEN), pack(tokenizer, val_docs, SEQ_LEN)
-    train.tofile(root / "train.bin")
-    val.tofile(root / "val.bin")
-    (root / "packed.json").write_text(json.dumps({
-        "dtype": "uint16", "seq_len": SEQ_LEN, "train_sequences": len(train), "val_sequences": len(val),
-        "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "bos_id": tokenizer.bos_token_id,
-        "vocab_size": len(tokenizer),
-    }))
+    artifact.write(root, tokenizer, config.to_dict(), pack(tokenizer, train_docs, SEQ_LEN), pack(tokenizer, val_docs, SEQ_LEN))
     return root
 
 

@@ -10,12 +10,12 @@ and commit the file with the change that explains it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
+from phases.model import artifact
 from phases.config import load_config
 from phases.metrics import ListSink
 from phases.pretrain.build import build
@@ -34,18 +34,8 @@ def _tiny_model_dir(root: Path) -> Path:
     tiny = load_config("tiny")
     train_docs, val_docs = made_up_documents(1200, seed=7), made_up_documents(120, seed=8)
     tokenizer = train_tokenizer(train_docs, vocab_size=tiny.model.vocab_size)  # the grammar caps it far below
-    tokenizer.save_pretrained(root / "tokenizer")
-    arch = tiny_architecture(tiny.model, tokenizer)
-    (root / "model_config.json").write_text(json.dumps(arch))
     seq_len = tiny.model.seq_len
-    train, val = pack(tokenizer, train_docs, seq_len), pack(tokenizer, val_docs, seq_len)
-    train.tofile(root / "train.bin")
-    val.tofile(root / "val.bin")
-    (root / "packed.json").write_text(json.dumps({
-        "dtype": "uint16", "seq_len": seq_len, "train_sequences": len(train), "val_sequences": len(val),
-        "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "bos_id": tokenizer.bos_token_id,
-        "vocab_size": len(tokenizer),
-    }))
+    artifact.write(root, tokenizer, tiny_architecture(tiny.model, tokenizer), pack(tokenizer, train_docs, seq_len), pack(tokenizer, val_docs, seq_len))
     return root
 
 

@@ -12,7 +12,8 @@ import pytest
 from phases.config import PretrainConfig
 from phases.errors import DataError
 from phases.metrics import ListSink
-from phases.pretrain.build import ENTRY_MODULE, check_model_dir, child_env, launcher_command, replay_metrics
+from phases.model.artifact import check as check_model_dir
+from phases.pretrain.build import ENTRY_MODULE, child_env, launcher_command, replay_metrics
 
 
 def _flag(cmd: list[str], name: str) -> str:
