@@ -196,15 +196,43 @@ class PretrainConfig(Section):
 
 
 class AlignConfig(Section):
-    """Phase 4: supervised fine-tuning with TRL."""
+    """Phase 4: SFT on chat data, then (method) DPO, or a reward model and GRPO/RLOO; a capability check."""
 
-    method: Literal["sft"] = Field("sft", description="Alignment recipe.")
-    num_pairs: int = Field(512, ge=8, description="Instruction pairs derived from the corpus (at most).")
+    method: Literal["sft", "dpo", "grpo", "rloo"] = Field(
+        "dpo", description="sft: SFT only; dpo: SFT then DPO; grpo / rloo: SFT, a reward model, then online RL against it.")
+    sft_data: str | None = Field(None, description="JSONL of chat rows ({messages} or {prompt, completion}); unset: derived from the corpus.")
+    preference_data: str | None = Field(None, description="JSONL of {prompt, chosen, rejected} rows; unset: derived from the corpus.")
+    num_pairs: int = Field(512, ge=8, description="Most documented functions the corpus recipe uses (a seeded sample).")
+    eval_fraction: float = Field(0.2, gt=0, lt=0.9, description="Held-out share of rows, by a hash of the function's qualified name (or the row id).")
     max_steps: int = Field(40, ge=1, description="SFT optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size of SFT, DPO and the reward model.")
     lr: float = Field(1e-3, gt=0, le=1, description="SFT learning rate.")
-    max_length: int = Field(128, ge=16, description="Truncate examples to this many tokens.")
-    seed: int = Field(0, description="Seed of the trainer and of pair sampling.")
+    max_length: int = Field(128, ge=16, description="Longest example in tokens; longer rows are quarantined, not truncated.")
+    seed: int = Field(0, description="Seed of the trainers, the recipe's sampling and its rejected answers.")
+    logging_steps: int = Field(1, ge=1, description="Log (and print one progress line) every N optimizer steps.")
+    dpo_steps: int = Field(20, ge=1, description="DPO optimizer steps.")
+    dpo_lr: float = Field(5e-4, gt=0, le=1, description="DPO learning rate.")
+    dpo_beta: float = Field(0.1, gt=0, le=10, description="DPO beta: strength of the KL tie to the SFT reference.")
+    reward_model: bool = Field(False, description="Also train the reward model when method is dpo (grpo and rloo always train it).")
+    reward_steps: int = Field(30, ge=1, description="Reward model optimizer steps.")
+    reward_lr: float = Field(1e-3, gt=0, le=1, description="Reward model learning rate.")
+    online_steps: int = Field(8, ge=1, description="GRPO / RLOO optimizer steps.")
+    online_lr: float = Field(1e-4, gt=0, le=1, description="GRPO / RLOO learning rate.")
+    online_beta: float = Field(0.05, gt=0, le=10, description="KL coefficient of GRPO / RLOO (> 0, so the KL to the SFT model is measured).")
+    num_generations: int = Field(4, ge=2, le=64, description="Completions per prompt in GRPO / RLOO (the group baseline needs >= 2).")
+    max_completion_length: int = Field(24, ge=1, le=1024, description="Longest GRPO / RLOO completion in tokens.")
+    max_ppl_rise: float = Field(0.25, ge=0, le=100, description="Largest allowed relative rise of validation perplexity over the pretrained model's (0.25 = +25%).")
+    on_ppl_rise: Literal["warn", "fail"] = Field("warn", description="What a rise above max_ppl_rise does: log a warning, or fail the phase.")
+    ppl_rows: int = Field(32, ge=1, description="Validation rows (of max_length tokens, packed from the data phase's validation split) for perplexity.")
+    num_samples: int = Field(4, ge=0, le=64, description="Held-out prompts generated before and after alignment (a table).")
+    sample_tokens: int = Field(24, ge=1, le=512, description="New tokens per sample generation (greedy).")
+    register_as: str = Field("llm-lifecycle-tiny", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model name of the aligned model.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AlignConfig":
+        if self.method in ("grpo", "rloo") and self.max_completion_length >= self.max_length:
+            raise ValueError(f"max_completion_length ({self.max_completion_length}) must be below max_length ({self.max_length})")
+        return self
 
 
 class InferenceConfig(Section):

@@ -13,8 +13,9 @@ import os
 import re
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 _BAD = re.compile(r"[^A-Za-z0-9_\-./ :]")
 
@@ -30,6 +31,18 @@ class MetricsSink(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: Any, name: str) -> None: ...
     def subprocess_env(self) -> dict[str, str]: ...
+    # Optional: ``with sink.nested("sft") as child:`` logs a stage into its own child run (see
+    # :func:`nested`, which falls back to the sink itself for sinks without the method).
+
+
+@contextmanager
+def nested(sink: MetricsSink, name: str) -> Iterator[MetricsSink]:
+    """``sink.nested(name)`` when the sink has it, else the sink itself."""
+    if hasattr(sink, "nested"):
+        with sink.nested(name) as child:
+            yield child
+    else:
+        yield sink
 
 
 class NullSink:
@@ -38,6 +51,10 @@ class NullSink:
     def log_artifact(self, path, artifact_path=None): pass
     def log_dict(self, obj, name): pass
     def subprocess_env(self): return {}
+
+    @contextmanager
+    def nested(self, name: str) -> Iterator["NullSink"]:
+        yield NullSink()
 
 
 class ListSink:
@@ -48,9 +65,15 @@ class ListSink:
         self.params: dict[str, Any] = {}
         self.artifacts: list[tuple[str, str | None]] = []
         self.dicts: dict[str, Any] = {}
+        self.children: dict[str, "ListSink"] = {}  # nested stages by name
 
     def log_metrics(self, metrics, step=None):
         self.metrics += [(metric_name(k), float(v), step) for k, v in metrics.items()]
+
+    @contextmanager
+    def nested(self, name: str) -> Iterator["ListSink"]:
+        child = self.children[name] = ListSink()
+        yield child
 
     def log_params(self, params):
         self.params.update(params)
@@ -94,6 +117,11 @@ class JsonlSink:
     def subprocess_env(self):
         return {}
 
+    @contextmanager
+    def nested(self, name: str) -> Iterator["JsonlSink"]:
+        """A sibling file ``<stem>.<name>.jsonl`` for the stage."""
+        yield JsonlSink(self.path.with_name(f"{self.path.stem}.{name}{self.path.suffix}"))
+
 
 class MlflowSink:
     """Logs to one MLflow run through MlflowClient."""
@@ -134,6 +162,20 @@ class MlflowSink:
         """What a child process needs to log into the same run (see sink_from_env)."""
         return {"MLFLOW_RUN_ID": self.run_id, "MLFLOW_TRACKING_URI": str(self.tracking_uri)}
 
+    @contextmanager
+    def nested(self, name: str) -> Iterator["MlflowSink"]:
+        """A child run (tag ``mlflow.parentRunId``) in the same experiment, terminated on exit:
+        FINISHED, or FAILED when the block raises. A stage gets its own params this way (MLflow
+        refuses a changed param within one run)."""
+        parent = self.client.get_run(self.run_id)
+        child = self.client.create_run(parent.info.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.run_id})
+        status = "FAILED"
+        try:
+            yield MlflowSink(child.info.run_id, self.tracking_uri)
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(child.info.run_id, status=status)
+
 
 class TeeSink:
     def __init__(self, *sinks: MetricsSink) -> None:
@@ -160,6 +202,11 @@ class TeeSink:
         for s in self.sinks:
             env.update(s.subprocess_env())
         return env
+
+    @contextmanager
+    def nested(self, name: str) -> Iterator["TeeSink"]:
+        with ExitStack() as stack:
+            yield TeeSink(*(stack.enter_context(nested(s, name)) for s in self.sinks))
 
 
 def sink_from_env(fallback_jsonl: str | Path | None = None) -> MetricsSink:

@@ -1,31 +1,41 @@
-"""Phase 4: supervised fine-tuning of the pretrained model with TRL's SFTTrainer.
+"""Phase 4: align the pretrained model. SFT on chat data, then by ``align.method``:
+DPO (``dpo``), or a reward model and online RL against it (``grpo`` / ``rloo``).
 
-Pairs come from :mod:`phases.align.recipes` (signature -> docstring summary). The dataset
-is in TRL's prompt-completion format, so the loss covers only the completion tokens
-(TRL 1.16 sets ``completion_only_loss`` from the dataset format; we set it explicitly).
-The trainer writes its scratch files to a temporary directory, never into ``out``: ``out``
-holds exactly the published model, tokenizer and ``pairs.jsonl``.
+Each stage trains in-process with its TRL trainer and logs into its own nested sink (an
+MLflow child run under the phase's run). Data comes from the corpus recipe
+(:mod:`phases.align.recipes`) or the user's JSONL (``align.sft_data`` / ``align.preference_data``),
+validated first: bad rows are quarantined with a reason, and a data set with no usable row
+fails before any training. The capability check measures validation perplexity before and
+after each stage (:mod:`phases.align.capability`).
+
+``out`` receives exactly: the aligned model and tokenizer (top level, what inference and
+evaluate load), ``sft_train.jsonl`` / ``sft_eval.jsonl`` / ``preference_train.jsonl`` /
+``preference_eval.jsonl``, ``quarantine.jsonl``, ``capability.json``, ``samples.json``,
+``stages.json`` and, for grpo/rloo (or ``align.reward_model``), ``reward_model/``.
+Trainer scratch stays in a temporary directory.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from phases.align.recipes import PairStats, derive_pairs
-from phases.data.io import offline_env, read_split
+from phases.align import data as D
+from phases.align.capability import CapabilityCheck, validation_rows
+from phases.align.recipes import PairStats, derive_functions, instruction_rows, preference_rows
+from phases.align.tracking import generate_samples, quiet_libraries, sink_callback
 from phases.config import AlignConfig
+from phases.data.io import read_split
+from phases.env import offline_env
 from phases.errors import DataError
-from phases.metrics import MetricsSink
+from phases.metrics import MetricsSink, nested, write_table
 from phases.refs import PhaseRef
 
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with Path(path).open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+log = logging.getLogger("lifecycle.align")
 
 
 def no_pairs_message(stats: PairStats, data_dir: Path) -> str:
@@ -40,98 +50,205 @@ def no_pairs_message(stats: PairStats, data_dir: Path) -> str:
     )
 
 
-def loss_callback(sink: MetricsSink, losses: list[float]):
-    """A TrainerCallback that forwards each logged step to the sink and keeps the losses."""
-    from transformers import TrainerCallback
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
 
-    class SinkCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            # Per-step logs carry "loss"; the end-of-training summary carries "train_loss" instead.
-            if not logs or "loss" not in logs:
-                return
-            losses.append(float(logs["loss"]))
-            metrics = {"train/loss": logs["loss"]}
-            for key in ("grad_norm", "learning_rate"):
-                if key in logs:
-                    metrics[f"train/{key}"] = logs[key]
-            sink.log_metrics(metrics, step=state.global_step)
+    from phases.model.tokenizer import CHAT_TEMPLATE
 
-    return SinkCallback()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # the collators pad with it; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    if "{% generation %}" not in (tokenizer.chat_template or ""):
+        # A tokenizer saved before the template carried TRL's markers: assistant_only_loss needs them.
+        log.warning("align: the tokenizer's chat template has no {%% generation %%} markers; using the project's template")
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
-def sft_args(cfg: AlignConfig, output_dir: str):
-    """SFTConfig for a small CPU run; every default that would hurt here is overridden on purpose."""
-    from trl import SFTConfig
+def load_data(cfg: AlignConfig, data_dir: Path, tokenizer, sink: MetricsSink) -> tuple[D.Split, D.Split | None]:
+    """The SFT and (for methods after SFT) preference splits, validated; DataError when unusable."""
+    needs_preferences = cfg.method != "sft" or cfg.reward_model
+    recipe_rows: dict[str, list[dict[str, Any]]] = {}
+    if cfg.sft_data is None or (needs_preferences and cfg.preference_data is None):
+        fns, stats = derive_functions(read_split(data_dir, "train"), cfg.num_pairs, cfg.seed)
+        sink.log_params({f"align.pairs.{k}": v for k, v in stats.to_dict().items()})
+        if not fns:
+            raise DataError(no_pairs_message(stats, data_dir))
+        recipe_rows = {"sft": instruction_rows(fns), "preference": preference_rows(fns, cfg.seed)}
 
-    return SFTConfig(
-        output_dir=output_dir,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=True,
-        # TRL's defaults: bf16=True and gradient_checkpointing=True. On CPU bf16 autocast is
-        # slow and lossy for a tiny model, and checkpointing only trades speed for memory we have.
-        # transformers 5 renamed gradient_checkpointing to activation_checkpointing (setting
-        # the new name also silences the deprecation warning TRL's default triggers).
-        bf16=False,
-        activation_checkpointing=False,
-        completion_only_loss=True,
-        packing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    def split(name, path, normalize, length):
+        rows, source = (D.read_jsonl(path), str(path)) if path else (recipe_rows[name], f"corpus recipe over {data_dir}")
+        return D.prepare(name, rows, source, normalize, length, tokenizer, cfg.max_length, cfg.eval_fraction)
+
+    sft = split("sft", cfg.sft_data, D.normalize_sft, D.sft_lengths)
+    pref = split("preference", cfg.preference_data, D.normalize_preference, D.preference_lengths) if needs_preferences else None
+    return sft, pref
 
 
-def make_trainer(cfg: AlignConfig, model, tokenizer, pairs: list[dict[str, str]], output_dir: str, callbacks=()):
-    """An SFTTrainer on prompt-completion pairs; TRL tokenizes them and masks the prompt in the labels."""
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    return SFTTrainer(
-        model=model,
-        args=sft_args(cfg, output_dir),
-        train_dataset=Dataset.from_list(pairs),
-        processing_class=tokenizer,
-        callbacks=list(callbacks),
-    )
+def held_out_prompts(sft: D.Split, n: int) -> list[list[dict[str, str]]]:
+    """The first ``n`` held-out conversations up to (without) their first assistant turn."""
+    prompts = []
+    for row in sft.eval[:n]:
+        turns = row["messages"]
+        first = next(i for i, t in enumerate(turns) if t["role"] == "assistant")
+        prompts.append(turns[:first])
+    return prompts
 
 
 def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
     offline_env()
+    quiet_libraries()
     data_dir, model_dir, out = inputs["data"].path, inputs["pretrain"].path, Path(out)
+    out.mkdir(parents=True, exist_ok=True)
 
-    pairs, stats = derive_pairs(read_split(data_dir, "train"), cfg.num_pairs, cfg.seed)
-    sink.log_params({f"align.pairs.{k}": v for k, v in stats.to_dict().items()})
-    if not pairs:
-        raise DataError(no_pairs_message(stats, data_dir))
-    write_jsonl(out / "pairs.jsonl", pairs)
+    tokenizer = load_tokenizer(model_dir)
+    sft_data, pref_data = load_data(cfg, data_dir, tokenizer, sink)
+    splits = [s for s in (sft_data, pref_data) if s is not None]
+    quarantined = D.write_quarantine(out / "quarantine.jsonl", splits)
+    for s in splits:
+        D.write_jsonl(out / f"{s.name}_train.jsonl", s.train)
+        D.write_jsonl(out / f"{s.name}_eval.jsonl", s.eval)
+        sink.log_params({f"align.data.{s.name}.source": s.source})
+        sink.log_metrics({f"align/data/{s.name}/{k}": v for k, v in s.counts().items()})
+        log.info("align data %s: %s (from %s)", s.name, s.counts(), s.source)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:  # the collator pads with it; eos is the usual stand-in
-        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    check = CapabilityCheck(validation_rows([r["text"] for r in read_split(data_dir, "validation")], tokenizer, cfg.max_length, cfg.ppl_rows),
+                            cfg.max_ppl_rise, cfg.on_ppl_rise, batch_size=cfg.batch_size)
+    check.measure("pretrained", model)
+    prompts = held_out_prompts(sft_data, cfg.num_samples)
+    samples_before = generate_samples(model, tokenizer, prompts, cfg.sample_tokens)
 
-    losses: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
-        trainer = make_trainer(cfg, model, tokenizer, pairs, scratch, [loss_callback(sink, losses)])
-        result = trainer.train()
+    stages: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
 
-    trainer.model.save_pretrained(out)  # safetensors is the only format transformers 5 writes
+    def finish_stage(name: str, stage_sink: MetricsSink, figures: dict[str, Any], trained) -> None:
+        row = check.measure(name, trained)
+        figures.update({"val_perplexity": row["perplexity"], "ppl_rise": row["rise"]})
+        stage_sink.log_metrics({f"{name}/{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
+        stages[name] = figures
+        log.info("align %s done: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+        msg = check.enforce(row)  # raises CapabilityError when on_ppl_rise=fail
+        if msg:
+            warnings.append(msg)
+
+    with tempfile.TemporaryDirectory(prefix="align-") as scratch:
+        scratch = Path(scratch)
+        # Stage 1: SFT
+        from phases.align import sft
+
+        with nested(sink, "sft") as stage_sink:
+            stage_sink.log_params(sft_params(cfg))
+            history: list[dict[str, float]] = []
+            started = time.perf_counter()
+            figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval, str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
+            figures["seconds"] = time.perf_counter() - started
+            figures["first_loss"] = next((h["train/loss"] for h in history if "train/loss" in h), None)
+            finish_stage("sft", stage_sink, figures, model)
+        sft_dir = scratch / "sft-model"
+        model.save_pretrained(sft_dir)
+        tokenizer.save_pretrained(sft_dir)
+
+        reward_model = None
+        if pref_data is not None and (cfg.method in ("grpo", "rloo") or cfg.reward_model):
+            from phases.align import reward
+
+            with nested(sink, "reward") as stage_sink:
+                stage_sink.log_params(stage_params(cfg, "reward"))
+                started = time.perf_counter()
+                reward_model, figures = reward.run(cfg, sft_dir, tokenizer, pref_data.train, pref_data.eval, str(scratch / "reward"),
+                                                   [sink_callback(stage_sink, "reward", [])])
+                figures["seconds"] = time.perf_counter() - started
+                stage_sink.log_metrics({f"reward/{k}": v for k, v in figures.items()})
+                stages["reward"] = figures
+                log.info("align reward done: %s", figures)
+            reward_model.save_pretrained(out / "reward_model")
+            tokenizer.save_pretrained(out / "reward_model")
+
+        if cfg.method == "dpo":
+            from phases.align import preference
+
+            ref_model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
+            with nested(sink, "dpo") as stage_sink:
+                stage_sink.log_params(stage_params(cfg, "dpo"))
+                started = time.perf_counter()
+                figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval, str(scratch / "dpo"),
+                                         [sink_callback(stage_sink, "dpo", [])])
+                figures["seconds"] = time.perf_counter() - started
+                finish_stage("dpo", stage_sink, figures, model)
+        elif cfg.method in ("grpo", "rloo"):
+            import copy
+
+            from phases.align import online
+
+            with nested(sink, cfg.method) as stage_sink:
+                stage_sink.log_params(stage_params(cfg, "online"))
+                started = time.perf_counter()
+                history = []
+                model, figures = online.run(cfg, sft_dir, reward_model, copy.deepcopy(tokenizer), pref_data.train, str(scratch / cfg.method),
+                                            [sink_callback(stage_sink, cfg.method, history)])
+                figures["seconds"] = time.perf_counter() - started
+                for key in ("reward", "kl", "completions/mean_length"):
+                    values = [h[key] for h in history if key in h]
+                    if values:
+                        figures[f"last_{key.replace('/', '_')}"] = values[-1]
+                finish_stage(cfg.method, stage_sink, figures, model)
+
+    samples_after = generate_samples(model, tokenizer, prompts, cfg.sample_tokens)
+    references = [row["messages"][len(p)]["content"] for row, p in zip(sft_data.eval, prompts)]
+    samples = [{"prompt": p[-1]["content"], "reference": ref, "before": b, "after": a}
+               for p, ref, b, a in zip(prompts, references, samples_before, samples_after)]
+    (out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
+    (out / "capability.json").write_text(json.dumps({"max_ppl_rise": cfg.max_ppl_rise, "table": check.table}, indent=2))
+    (out / "stages.json").write_text(json.dumps(stages, indent=2, default=str))
+    if samples:
+        write_table(samples, "align_samples.json", sink)
+    write_table(check.table, "align_capability.json", sink)
+
+    model.save_pretrained(out)  # safetensors is the only format transformers 5 writes
     tokenizer.save_pretrained(out)
+
+    final = check.table[-1]
     summary = {
-        "num_pairs": len(pairs),
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "steps": int(result.global_step),
+        "method": cfg.method,
+        "sft_rows": len(sft_data.train),
+        "preference_rows": len(pref_data.train) if pref_data else 0,
+        "quarantined": quarantined,
+        "sft_eval_loss_before": stages["sft"]["eval_loss_before"],
+        "sft_eval_loss": stages["sft"]["eval_loss_after"],
+        "first_loss": stages["sft"]["first_loss"],
+        "final_loss": stages["sft"]["train_loss"],
+        "steps": stages["sft"]["steps"],
+        "ppl_pretrained": check.table[0]["perplexity"],
+        "ppl_aligned": final["perplexity"],
+        "ppl_rise": final["rise"],
+        "ppl_warnings": len(warnings),
     }
-    sink.log_metrics({"align/num_pairs": len(pairs), "align/train_runtime_s": result.metrics.get("train_runtime", 0.0)})
+    if "dpo" in stages:
+        summary.update({"pref_accuracy_sft": stages["dpo"]["pref_accuracy_before"], "pref_accuracy": stages["dpo"]["pref_accuracy_after"],
+                        "implicit_accuracy": stages["dpo"]["implicit_accuracy"]})
+    if "reward" in stages:
+        summary.update({"reward_accuracy": stages["reward"]["accuracy"], "reward_accuracy_stderr": stages["reward"]["stderr"]})
+    if cfg.method in stages:
+        for key in ("last_reward", "last_kl"):
+            if key in stages[cfg.method]:
+                summary[key.removeprefix("last_")] = stages[cfg.method][key]
+    summary["num_pairs"] = len(sft_data.train) + len(sft_data.eval)  # kept for the current registry headline
+    sink.log_metrics({f"align/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
     return summary
+
+
+def sft_params(cfg: AlignConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "lr", "max_length", "seed", "eval_fraction")}
+
+
+def stage_params(cfg: AlignConfig, stage: str) -> dict[str, Any]:
+    keys = {
+        "reward": ("reward_steps", "reward_lr", "batch_size", "max_length", "seed"),
+        "dpo": ("dpo_steps", "dpo_lr", "dpo_beta", "batch_size", "max_length", "seed"),
+        "online": ("method", "online_steps", "online_lr", "online_beta", "num_generations", "max_completion_length", "seed"),
+    }[stage]
+    return {k: getattr(cfg, k) for k in keys}

@@ -127,3 +127,121 @@ def sample_pairs(pairs: list[dict[str, str]], num_pairs: int, seed: int) -> list
         return list(pairs)
     keep = sorted(random.Random(seed).sample(range(len(pairs)), num_pairs))
     return [pairs[i] for i in keep]
+
+
+# --------------------------------------------------------------------------- chat data
+#
+# The documented default recipe (``align.sft_data`` / ``align.preference_data`` unset):
+# 1. every public, documented function or method of every train document that parses as
+#    Python gives a :class:`FunctionDoc` (qualified name ``module.Class.func``, the module
+#    named after the document id's last path component), duplicates kept once;
+# 2. at most ``num_pairs`` of them, a seeded sample (:func:`sample_pairs`);
+# 3. instruction: user "What does `posixpath.join` do?" -> assistant: the first docstring sentence;
+# 4. preference: the same prompt, the right summary as chosen, the summary of another function
+#    (a seeded draw among those with a different summary) as rejected;
+# 5. split: a function is held out when sha1(qualified name) falls in the first ``eval_fraction``
+#    of the hash space, so the split does not move when the sample or the seed changes, and no
+#    held-out function is ever seen in training, by SFT or by the preference stages.
+
+import hashlib  # noqa: E402
+
+
+@dataclass(frozen=True)
+class FunctionDoc:
+    qualname: str
+    signature: str
+    summary: str
+
+
+def module_name(doc_id: str) -> str:
+    """The module a document id names: the path after ``.../python3.X/`` or after its first component.
+
+    ``/usr/lib/python3.11/json/decoder.py`` -> ``json.decoder``; ``code/posixpath`` -> ``posixpath``.
+    """
+    path = str(doc_id).split("#", 1)[0].replace("\\", "/").removesuffix(".py")
+    m = re.search(r"python3\.\d+/(.+)$", path)
+    rel = m.group(1) if m else (path.split("/", 1)[1] if "/" in path.strip("/") else path)
+    parts = [p for p in rel.split("/") if p and p != "__init__"]
+    return ".".join(parts) or "module"
+
+
+def functions_from_module(tree: ast.Module, module: str, stats: PairStats | None = None) -> Iterator[FunctionDoc]:
+    """Public documented functions and methods with their qualified names, in source order."""
+    stats = stats if stats is not None else PairStats()
+    found: list[tuple[int, int, FunctionDoc]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                stats.functions_seen += 1
+                doc = ast.get_docstring(child, clean=True)
+                summary = first_sentence(doc) if doc and not child.name.startswith("_") else ""
+                if summary:
+                    stats.functions_documented += 1
+                    found.append((child.lineno, child.col_offset, FunctionDoc(f"{prefix}{child.name}", signature_line(child), summary)))
+
+    visit(tree, f"{module}.")
+    for _, _, fn in sorted(found, key=lambda t: (t[0], t[1])):
+        yield fn
+
+
+def derive_functions(docs: Iterable[dict[str, Any]], num_pairs: int, seed: int) -> tuple[list[FunctionDoc], PairStats]:
+    """Documented functions of every document that parses as Python: at most ``num_pairs``, seeded."""
+    stats = PairStats()
+    fns: list[FunctionDoc] = []
+    seen: set[tuple[str, str]] = set()
+    for doc in sorted(docs, key=lambda d: str(d["id"])):
+        stats.docs_seen += 1
+        tree = parse_python(doc["text"])
+        if tree is None:
+            stats.docs_failed += 1
+            kind = str(doc.get("source", "unknown"))
+            stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
+            continue
+        stats.docs_parsed += 1
+        for fn in functions_from_module(tree, module_name(doc["id"]), stats):
+            if (fn.qualname, fn.summary) not in seen:
+                seen.add((fn.qualname, fn.summary))
+                fns.append(fn)
+    stats.pairs_unique = len(fns)
+    fns = sample_pairs(fns, num_pairs, seed)
+    stats.pairs_kept = len(fns)
+    return fns, stats
+
+
+def question(fn: FunctionDoc) -> str:
+    return f"What does `{fn.qualname}` do?"
+
+
+def is_held_out(key: str, eval_fraction: float) -> bool:
+    """A stable split by the hash of the key (the function's qualified name)."""
+    bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    return bucket < eval_fraction
+
+
+def instruction_rows(fns: list[FunctionDoc]) -> list[dict[str, Any]]:
+    """Chat rows in TRL's conversational format (``messages``), keyed by the qualified name."""
+    return [
+        {"id": fn.qualname, "messages": [{"role": "user", "content": question(fn)}, {"role": "assistant", "content": fn.summary}]}
+        for fn in fns
+    ]
+
+
+def preference_rows(fns: list[FunctionDoc], seed: int) -> list[dict[str, Any]]:
+    """Conversational preference rows: the right summary chosen, another function's rejected."""
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for i, fn in enumerate(fns):
+        others = [j for j, other in enumerate(fns) if other.summary != fn.summary]
+        if not others:
+            continue
+        other = fns[rng.choice(others)]
+        rows.append({
+            "id": fn.qualname,
+            "prompt": [{"role": "user", "content": question(fn)}],
+            "chosen": [{"role": "assistant", "content": fn.summary}],
+            "rejected": [{"role": "assistant", "content": other.summary}],
+        })
+    return rows

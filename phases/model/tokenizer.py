@@ -12,9 +12,13 @@ log = logging.getLogger("lifecycle.model")
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)
-# A plain role-tagged template: the alignment phase formats chats with it.
+# A plain role-tagged template: the alignment phase formats chats with it. The assistant's
+# content and its end-of-turn token sit inside TRL's {% generation %} markers, so
+# SFTTrainer(assistant_only_loss=True) trains exactly those tokens (the model learns to stop).
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "<|assistant|>\n{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n"
+    "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 

@@ -1,4 +1,4 @@
-"""The SFT phase trains the pretrained model on derived pairs and publishes a loadable model."""
+"""SFT on chat messages: the held-out loss falls, only assistant tokens train, the model is published."""
 
 import json
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import toy_artifacts
 from phases.align.build import build
 from phases.config import AlignConfig
 from phases.errors import DataError
@@ -14,26 +13,27 @@ from phases.metrics import ListSink
 
 pytestmark = pytest.mark.e2e
 
-CFG = AlignConfig(num_pairs=16, max_steps=6, batch_size=4, lr=5e-3, max_length=64, seed=0)
+CFG = AlignConfig(method="sft", max_steps=8, batch_size=4, lr=5e-3, max_length=128, seed=0, num_samples=2, sample_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, toy_data, toy_pretrain):
+def sft_run(tmp_path_factory, align_inputs):
     out = tmp_path_factory.mktemp("align")
     sink = ListSink()
-    inputs = {"data": toy_artifacts.ref("data", toy_data), "pretrain": toy_artifacts.ref("pretrain", toy_pretrain)}
-    summary = build(CFG, inputs, out, sink)
+    summary = build(CFG, align_inputs, out, sink)
     return summary, sink, out
 
 
-def test_summary_and_per_step_loss(sft_run):
+def test_held_out_loss_falls_and_steps_are_logged(sft_run):
     summary, sink, _ = sft_run
-    assert summary["num_pairs"] == CFG.num_pairs and summary["steps"] == CFG.max_steps
-    losses = sink.series("train/loss")
-    assert len(losses) == CFG.max_steps
-    assert [s for k, _, s in sink.metrics if k == "train/loss"] == list(range(1, CFG.max_steps + 1))
-    assert summary["first_loss"] == losses[0] and summary["final_loss"] == losses[-1]
-    assert all(torch.isfinite(torch.tensor(losses)))
+    assert summary["sft_eval_loss"] < summary["sft_eval_loss_before"]
+    assert summary["steps"] == CFG.max_steps
+    stage = sink.children["sft"]
+    losses = stage.series("train/loss")
+    assert len(losses) == CFG.max_steps and all(torch.isfinite(torch.tensor(losses)))
+    assert [s for k, _, s in stage.metrics if k == "train/loss"] == list(range(1, CFG.max_steps + 1))
+    assert summary["first_loss"] == losses[0]
+    assert stage.series("eval/loss")[-1] == pytest.approx(summary["sft_eval_loss"])
     assert sink.params["align.pairs.docs_parsed"] == 3  # the three stdlib modules of the toy train split
 
 
@@ -48,19 +48,48 @@ def test_parameters_changed(sft_run, toy_pretrain):
 def test_output_layout_and_reload(sft_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _, _, out = sft_run
+    summary, _, out = sft_run
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "pairs.jsonl"} <= names
+    assert {"model.safetensors", "config.json", "tokenizer.json", "sft_train.jsonl", "sft_eval.jsonl", "quarantine.jsonl",
+            "capability.json", "samples.json", "stages.json"} <= names
     assert not any(n.startswith(("checkpoint", "runs")) for n in names), names  # trainer scratch stays out
-    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
-    assert len(pairs) == CFG.num_pairs and all(p["prompt"].startswith(("def ", "async def ")) for p in pairs)
+    rows = [json.loads(line) for line in (out / "sft_train.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["sft_rows"] and rows[0]["messages"][0]["content"].startswith("What does `")
+    held_out = {json.loads(line)["id"] for line in (out / "sft_eval.jsonl").read_text().splitlines()}
+    assert held_out and not held_out & {r["id"] for r in rows}  # split by function: none seen in training
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-    ids = tok("def join(a, *p):\n", return_tensors="pt")["input_ids"]
+    ids = tok.apply_chat_template(rows[0]["messages"][:1], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
         assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))
+    samples = json.loads((out / "samples.json").read_text())
+    assert len(samples) == CFG.num_samples and {"prompt", "reference", "before", "after"} <= samples[0].keys()
+
+
+def test_capability_table(sft_run):
+    summary, _, out = sft_run
+    table = json.loads((out / "capability.json").read_text())["table"]
+    assert [r["stage"] for r in table] == ["pretrained", "sft"]
+    assert table[0]["perplexity"] == summary["ppl_pretrained"] and table[-1]["perplexity"] == summary["ppl_aligned"]
+
+
+def test_only_assistant_tokens_train_and_eos_is_one_of_them(tmp_path, toy_pretrain):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phases.align.sft import make_trainer
+
+    tok = AutoTokenizer.from_pretrained(toy_pretrain)
+    rows = [{"messages": [{"role": "user", "content": "What does `posixpath.join` do?"},
+                          {"role": "assistant", "content": "Join two or more pathname components."}]}] * 2
+    trainer = make_trainer(CFG, AutoModelForCausalLM.from_pretrained(toy_pretrain), tok, rows, None, str(tmp_path))
+    row = trainer.train_dataset[0]
+    trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    assert tok.decode(trained) == "Join two or more pathname components.<|eos|>"  # the model learns to stop
+    assert trained[-1] == tok.eos_token_id
 
 
 def test_no_python_documents_is_a_data_error(tmp_path, toy_pretrain):
+    import toy_artifacts
+
     prose = [{"id": "d", "source": "docs", "text": "# Just prose\n\nNothing to parse here."}]
     data = toy_artifacts.make_data_dir(tmp_path / "data", {"train": prose, "validation": prose})
     inputs = {"data": toy_artifacts.ref("data", data), "pretrain": toy_artifacts.ref("pretrain", toy_pretrain)}
@@ -68,23 +97,8 @@ def test_no_python_documents_is_a_data_error(tmp_path, toy_pretrain):
         build(CFG, inputs, tmp_path / "out", ListSink())
 
 
-def test_loss_covers_only_the_completion(tmp_path, toy_pretrain):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from phases.align.build import make_trainer
-
-    tok = AutoTokenizer.from_pretrained(toy_pretrain)
-    pairs = [{"prompt": "def join(a, *p):\n", "completion": " Join two or more pathname components."}] * 2
-    trainer = make_trainer(CFG, AutoModelForCausalLM.from_pretrained(toy_pretrain), tok, pairs, str(tmp_path))
-    row = trainer.train_dataset[0]
-    n_prompt = len(tok(pairs[0]["prompt"])["input_ids"])
-    assert row["labels"][:n_prompt] == [-100] * n_prompt
-    assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
-    assert row["input_ids"][-1] == tok.eos_token_id  # TRL appends eos to the completion
-    assert tok.decode(row["input_ids"][n_prompt:-1]) == pairs[0]["completion"]
-
-
 def test_aligned_model_feeds_inference(sft_run, tmp_path):
+    import toy_artifacts
     from phases.config import InferenceConfig
     from phases.inference.build import build as generate
 
