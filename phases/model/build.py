@@ -19,12 +19,19 @@ from phases.model.tokenizer import load_tokenizer, train_tokenizer
 log = logging.getLogger("lifecycle.model")
 
 
+def budget_plan(cfg: ModelConfig, vocab: int, tokens_available: int | None = None):
+    """The sizing plan (N, D, batch) for the configured compute budget; None without one."""
+    if cfg.budget_flops is None and cfg.gpu_hours is None:
+        return None
+    law = json.loads(Path(cfg.loss_law).read_text()) if cfg.loss_law else None
+    return plan(vocab=vocab, seq_len=cfg.seq_len, budget_flops=cfg.budget_flops, gpu_hours=cfg.gpu_hours, gpu=cfg.gpu,
+                num_gpus=cfg.num_gpus, mfu=cfg.mfu, tokens_available=tokens_available, loss_law=law)
+
+
 def resolve_shape(cfg: ModelConfig, vocab: int, tokens_available: int) -> tuple[tuple[int, int, int, int], dict[str, Any]]:
     """(hidden, layers, heads, intermediate) and the plan behind them: explicit, a named size, or a budget."""
-    if cfg.budget_flops is not None or cfg.gpu_hours is not None:
-        law = json.loads(Path(cfg.loss_law).read_text()) if cfg.loss_law else None
-        p = plan(vocab=vocab, seq_len=cfg.seq_len, budget_flops=cfg.budget_flops, gpu_hours=cfg.gpu_hours, gpu=cfg.gpu,
-                 num_gpus=cfg.num_gpus, mfu=cfg.mfu, tokens_available=tokens_available, loss_law=law)
+    p = budget_plan(cfg, vocab, tokens_available)
+    if p is not None:
         return (p.hidden_size, p.num_layers, p.num_heads, p.intermediate_size), p.to_dict()
     shape = SIZE_PRESETS[cfg.size] if cfg.size else (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
     n = llama_parameters(vocab, shape[0], shape[1], shape[3])

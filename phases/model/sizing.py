@@ -86,19 +86,27 @@ def shape_for(target_params: float, vocab: int, aspect: float = 100.0) -> tuple[
     return best[1]
 
 
-def minimum_budget(vocab: int) -> tuple[float, int]:
-    """The compute-optimal budget of the smallest preset (C = 6 N 20 N), and its N."""
-    hidden, layers, _, inter = SIZE_PRESETS["tiny"]
+SMALLEST_SHAPE = (64, 2, 1, 192)  # the smallest (hidden, layers, heads, intermediate) shape_for picks
+MIN_SEQUENCES = 8  # a budget must buy the smallest model at least this many training sequences
+
+
+def minimum_budget(vocab: int, seq_len: int) -> tuple[float, int]:
+    """The least budget worth planning: the smallest shape trained on MIN_SEQUENCES sequences; and its N.
+
+    Below Chinchilla's C = 120 N^2 for the smallest shape the plan still takes that shape and
+    trains it on D = C / 6N tokens (fewer than 20 N): toy budgets stay plannable.
+    """
+    hidden, layers, _, inter = SMALLEST_SHAPE
     n = llama_parameters(vocab, hidden, layers, inter)
-    return 120.0 * n * n, n
+    return 6.0 * n * MIN_SEQUENCES * seq_len, n
 
 
-def check_budget(budget_flops: float, vocab: int) -> None:
-    need, n = minimum_budget(vocab)
+def check_budget(budget_flops: float, vocab: int, seq_len: int) -> None:
+    need, n = minimum_budget(vocab, seq_len)
     if budget_flops < need:
         raise ConfigError(
-            f"budget {budget_flops:.3g} FLOPs is below the smallest preset's compute-optimal need "
-            f"({need:.3g} FLOPs for {n:,} parameters at vocab {vocab}); raise the budget or lower model.vocab_size"
+            f"budget {budget_flops:.3g} FLOPs is below the smallest preset's need ({need:.3g} FLOPs: {MIN_SEQUENCES} "
+            f"sequences of {seq_len} tokens for {n:,} parameters at vocab {vocab}); raise the budget or lower model.vocab_size"
         )
 
 
@@ -175,7 +183,7 @@ def plan(
         budget_flops = budget_from_gpu_hours(gpu_hours, gpu, mfu)
     if budget_flops <= 0:
         raise ConfigError(f"budget {budget_flops:g} FLOPs must be positive")
-    check_budget(budget_flops, vocab)
+    check_budget(budget_flops, vocab, seq_len)
     n_target, method = target_parameters(budget_flops, loss_law)
     hidden, layers, heads, inter = shape_for(n_target, vocab)
     n = llama_parameters(vocab, hidden, layers, inter)

@@ -31,7 +31,7 @@ from phases.metrics import MetricsSink
 from phases.model import artifact
 from phases.process import run_supervised
 from phases.pretrain import checkpoint
-from phases.pretrain.dsconfig import deepspeed_config
+from phases.pretrain.dsconfig import deepspeed_config, for_budget
 from phases.pretrain.export import write_model_card
 from phases.refs import PhaseRef
 from phases.storage import readable_by_all
@@ -50,6 +50,11 @@ def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: Met
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     world_size = cfg.num_gpus * cfg.num_nodes
+    budgeted = for_budget(cfg, artifact.read_plan(model_dir), int(artifact.read_packed(model_dir)["seq_len"]), world_size)
+    if budgeted is not cfg:
+        log.info("pretrain: the compute budget plans %s tokens: %d steps (instead of pretrain.max_steps=%d)",
+                 f"{artifact.read_plan(model_dir)['tokens']:,}", budgeted.max_steps, cfg.max_steps)
+        cfg = budgeted
     ds_config = deepspeed_config(cfg, world_size)  # fail on a bad config here, not in N ranks
     data_fp = inputs["model"].fingerprint
     plan = checkpoint.plan_resume(cfg, checkpoint.checkpoint_dir(cfg, model_dir, out), data_fp,

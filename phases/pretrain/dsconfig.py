@@ -109,3 +109,19 @@ def deepspeed_for_plan(p) -> dict[str, Any]:
         precision=p.precision, num_gpus=p.num_gpus, warmup_steps=min(2000, steps // 10),
     )
     return deepspeed_config(cfg, world_size=p.num_gpus)
+
+
+def for_budget(cfg: PretrainConfig, plan: dict[str, Any], seq_len: int, world_size: int) -> PretrainConfig:
+    """``cfg`` with the steps that train for a compute budget's planned tokens.
+
+    ``plan`` is the model phase's sizing plan (phases/model/artifact.py ``plan.json``): with a
+    budget it holds the planned tokens ``D``, and the run takes ``ceil(D / tokens per step)``
+    steps of this config's global batch (``pretrain.max_steps`` is replaced; warmup is capped
+    at a tenth of the run). Without a budget ``cfg`` is returned as it is.
+    """
+    if "budget_flops" not in plan or "tokens" not in plan:
+        return cfg
+    per_step = global_batch_size(cfg, world_size) * seq_len
+    steps = max(2, -(-int(plan["tokens"]) // per_step))
+    warmup = min(cfg.warmup_steps, steps // 10)
+    return cfg.model_copy(update={"max_steps": steps, "warmup_steps": warmup})

@@ -54,3 +54,12 @@ def test_dry_run_of_a_subset_skips_later_phases(tmp_path, monkeypatch, capsys):
     assert main(["run", "--dry-run", "--phases", "data,model"]) == 0
     out = capsys.readouterr().out
     assert "pretrain   skip" in out and "data       run" in out
+
+
+def test_dry_run_shows_what_a_budget_trains(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
+    assert main(["run", "--dry-run", "--set", "model.budget_flops=8e9", "--set", "model.vocab_size=400", "--set", "model.seq_len=32"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("# budget"))
+    # The tiny preset's batch: 16 sequences of 32 tokens a step; D = 8e9 / (6 N).
+    assert "N=132,416 parameters" in line and "D=10,069 tokens" in line
+    assert f"pretrain trains {-(-10_069 // (16 * 32))} steps" in line and "pretrain.max_steps=150" in line
