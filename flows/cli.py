@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from flows import dedup_command
 from phases.config import PHASE_NAMES, load_config
 from phases.errors import LifecycleError
 
@@ -48,16 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--tokens", type=int, default=200_000, help="training tokens per size")
     sw.add_argument("--fit-path", help="where to write the fit (default $LIFECYCLE_HOME/scaling/fit.json)")
 
-    dd = sub.add_parser("dedup", help="near-deduplicate JSONL/Parquet records (id, text) outside the pipeline")
-    dd.add_argument("--input", nargs="+", required=True, metavar="PATH", help="JSONL or Parquet files or directories")
-    dd.add_argument("--output", required=True, metavar="DIR", help="writes DIR/kept/, DIR/clusters.parquet, DIR/stats.json")
-    dd.add_argument("--threshold", type=float, default=0.8)
-    dd.add_argument("--num-perm", type=int, default=128)
-    dd.add_argument("--ngram", type=int, default=5)
-    dd.add_argument("--fn-weight", type=float, default=0.99, help="weight of missed pairs when choosing bands x rows")
-    dd.add_argument("--hashing", choices=("sha1", "token"), default="sha1", help="sha1 = datasketch's default; token = ~8x faster signatures")
-    dd.add_argument("--index", metavar="DIR", help="incremental: deduplicate against this index of earlier batches, then add to it")
-    dd.add_argument("--spark-master", default="local[*]")
+    dedup_command.add_parser(sub)
 
     ln = sub.add_parser("lineage", help="which documents a pretrained model (or its first N steps) trained on")
     ln.add_argument("pretrain_dir", help="a pretraining output directory (.lifecycle/outputs/pretrain/<key>)")
@@ -147,15 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"L(N) = {result['E']:.4f} + {result['A']:.4g} * N^-{result['alpha']:.4f}  ->  {result['fit_path']} (MLflow run {result['run_id']})")
             return 0
         if args.command == "dedup":
-            from phases.data.dedup_cli import run_dedup
-
-            try:
-                stats = run_dedup(args.input, args.output, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
-                                  spark_master=args.spark_master, fn_weight=args.fn_weight, hashing=args.hashing, index_dir=args.index)
-            except ValueError as e:  # NearDedupParams names the bad value
-                raise LifecycleError(f"dedup: {e}") from None
-            print(json.dumps(stats, indent=2, default=str))
-            return 0
+            return dedup_command.run(args)
         if args.command == "lineage":
             from phases.pretrain.seen import documents_seen
 

@@ -68,7 +68,11 @@ class QualityConfig(Section):
 
 
 class NearDedupConfig(Section):
-    """MinHash near-deduplication (datasketch-identical signatures), verified by exact Jaccard."""
+    """MinHash near-deduplication (datasketch-identical signatures), verified by exact Jaccard.
+
+    The one parameters type of near-dedup: the pipeline's ``data.near_dedup`` section and the
+    ``lifecycle dedup`` command's flags (derived from these fields) alike. An index keeps them.
+    """
 
     enabled: bool = Field(True, description="Remove near-duplicates (one document kept per cluster: the smallest id).")
     threshold: float = Field(0.8, gt=0, lt=1, description="Exact Jaccard of word-n-gram sets at or above which two documents are duplicates.")
@@ -76,7 +80,31 @@ class NearDedupConfig(Section):
     ngram: int = Field(5, ge=1, description="Words per shingle.")
     seed: int = Field(1, description="MinHash seed (datasketch's default is 1).")
     fn_weight: float = Field(0.99, gt=0, lt=1, description="Weight of missed pairs when choosing bands x rows (verification removes false candidates).")
-    hashing: Literal["sha1", "token"] = Field("sha1", description="sha1: datasketch's default shingle hash; token: about 8x faster, same signatures as datasketch given token_shingle_hash.")
+    bands: int | None = Field(None, ge=1, description="LSH bands; set with rows to override the choice from threshold and fn_weight.")
+    rows: int | None = Field(None, ge=1, description="MinHash values per band; set with bands.")
+    scheme: Literal["affine32", "legacy"] = Field("affine32", description="Permutation scheme: datasketch 2.0's default (affine32) or its pre-2.0 one (legacy).")
+    hashing: Literal["token", "sha1"] = Field("token", description="Shingle hash. token: ~8x faster, same quality (tests/benchmarks/results); "
+                                                                    "sha1: datasketch's default, for signatures identical to MinHash(num_perm, seed).")
+
+    @model_validator(mode="after")
+    def _banding(self) -> "NearDedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError(f"set both bands and rows, or neither (then they follow threshold and fn_weight); got bands={self.bands}, rows={self.rows}")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows ({self.bands}*{self.rows}) exceeds num_perm ({self.num_perm}); lower one or raise num_perm")
+        return self
+
+    def banding(self) -> tuple[int, int]:
+        """(bands, rows): the configured ones, else the recall-weighted choice for threshold and num_perm."""
+        if self.bands is not None:
+            return self.bands, self.rows
+        from phases.data.dedup.minhash import optimal_bands
+
+        return optimal_bands(self.threshold, self.num_perm, 1.0 - self.fn_weight, self.fn_weight)
+
+    def signature_params(self) -> dict[str, Any]:
+        """The fields that decide the result (``enabled`` does not): what an index is built with."""
+        return self.model_dump(exclude={"enabled"})
 
 
 class DataConfig(Section):
@@ -147,7 +175,7 @@ class ModelConfig(Section):
         sizing.hardware(self.gpu)  # an unknown GPU fails here, naming the known ones
         budget = self.budget_flops or (sizing.budget_from_gpu_hours(self.gpu_hours, self.gpu, self.mfu) if self.gpu_hours else None)
         if budget is not None:
-            sizing.check_budget(budget, self.vocab_size)
+            sizing.check_budget(budget, self.vocab_size, self.seq_len)
         return self
 
 

@@ -294,12 +294,13 @@ def remove_near_duplicates(spark, unique, cfg: DataConfig):
     """
     from pyspark.sql import functions as F
 
-    from phases.data.dedup import NearDedupParams, near_dedup, small_ids
+    from phases.data.dedup import near_dedup
+    from phases.data.dedup.frames import small_ids
 
     nd = cfg.near_dedup
-    params = NearDedupParams(threshold=nd.threshold, num_perm=nd.num_perm, ngram=nd.ngram, seed=nd.seed, fn_weight=nd.fn_weight, hashing=nd.hashing)
-    log.info("data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s)", nd.num_perm, nd.ngram, nd.threshold, params.banding())
-    clusters, stats = near_dedup(spark, unique, params)  # cached: its texts are read from memory
+    log.info("data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s, %s hash)",
+             nd.num_perm, nd.ngram, nd.threshold, nd.banding(), nd.hashing)
+    clusters, stats = near_dedup(spark, unique, nd)  # cached: its texts are read from memory
     removed = clusters.where(~F.col("kept")).select("id", "cluster_id").persist()
     near = unique.join(removed, "id").select(
         "id", "source", "location", F.lit("dedup").alias("stage"), F.lit("near_duplicate").alias("reason"),

@@ -17,6 +17,22 @@ def driver_jit_options(master: str) -> str:
     return QUICK_JIT if master.startswith("local") and os.environ.get("LIFECYCLE_SPARK_QUICK_JIT", "1") != "0" else ""
 
 
+def class_sharing_options() -> str:
+    """Opt-in class data sharing for the driver JVM: ``LIFECYCLE_SPARK_CDS=/path/spark.jsa``. The JVM
+    parses Spark's ~10k classes at every start; with an archive it maps them instead (a session
+    starts ~4 s sooner on 2 cores: tests/benchmarks/results/dedup-speed-2026-12-01.md). The first
+    start records the archive as its JVM exits, later starts map it. The archive belongs to one
+    Spark and JDK install (the JVM ignores one that does not match); record it from one process at
+    a time, and not with a conf directory on the class path (the JVM cannot archive then)."""
+    import os
+
+    path = os.environ.get("LIFECYCLE_SPARK_CDS", "")
+    if not path:
+        return ""
+    flag = "SharedArchiveFile" if os.path.exists(path) else "ArchiveClassesAtExit"
+    return f"-XX:{flag}={path} -Xlog:cds*=off"  # cds logging off: a warning per class it cannot archive
+
+
 def spark_session(master: str, driver_memory: str = "2g"):
     import os
     import sys
@@ -24,16 +40,12 @@ def spark_session(master: str, driver_memory: str = "2g"):
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    from phases.data.cds import driver_java_options, note_recorder
-
     # Executors must run this interpreter (the venv's), not whatever python is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
     fresh_jvm = SparkSession.getActiveSession() is None and SparkContext._gateway is None
-    java_options = driver_java_options() if fresh_jvm else ""  # class data sharing: a faster driver start (phases/data/cds.py)
-    if fresh_jvm:
-        java_options = f"{java_options} {driver_jit_options(master)}".strip()
+    java_options = f"{class_sharing_options()} {driver_jit_options(master)}".strip() if fresh_jvm else ""
     if java_options:
         # "default" options: a user's spark.driver.extraJavaOptions still apply after them.
         builder = builder.config("spark.driver.defaultJavaOptions", java_options)
@@ -48,6 +60,4 @@ def spark_session(master: str, driver_memory: str = "2g"):
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    if java_options:
-        note_recorder(java_options, spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
     return spark

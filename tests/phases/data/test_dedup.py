@@ -6,10 +6,13 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from phases.data import dedup
-from phases.data.dedup import NearDedupParams, connected_components, near_dedup, near_dedup_incremental, update_index
-from phases.data.dedup_cli import run_dedup
-from phases.data.minhash import jaccard, shingles
+from phases.config import NearDedupConfig
+from phases.data.dedup import command, components, near_dedup, update_index, verify
+from phases.data.dedup import index as dedup_index
+from phases.data.dedup.command import run_dedup
+from phases.data.dedup.components import connected_components, union_find
+from phases.data.dedup.shingles import jaccard, shingles
+from phases.data.dedup.verify import link_buckets
 
 WORDS = [f"w{i}" for i in range(5000)]
 
@@ -49,35 +52,65 @@ def corpus():
     return rows
 
 
-def _bucket_rows(rows, batch):
-    """Band rows sorted as candidate_pairs sorts them, as Arrow record batches of ``batch`` rows."""
-    import pyarrow as pa
+def test_candidate_buckets_are_distinct_member_sets(spark):
+    from phases.data.dedup.candidates import bucket_pairs, candidate_buckets
 
-    t = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["key"], r["band"], r["id"])))
-    return t.to_batches(max_chunksize=batch)
-
-
-@pytest.mark.parametrize("batch", [1, 2, 3, 100])
-def test_bucket_pairs_stream_across_batch_boundaries(batch):
-    from phases.data.dedup import _bucket_pairs_fn
-
-    rows = ([{"id": i, "band": 0, "key": 7} for i in "dcab"]      # one bucket of 4: 6 pairs
-            + [{"id": "z", "band": 0, "key": 8}]                   # a singleton: no pair
-            + [{"id": i, "band": 1, "key": 7} for i in "ab"]       # same key, other band: its own bucket
-            + [{"id": i, "band": 2, "key": -3} for i in "xy"])
-    pairs = [p for rb in _bucket_pairs_fn()(iter(_bucket_rows(rows, batch))) for p in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist())]
-    assert sorted(pairs) == sorted([("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d"), ("a", "b"), ("x", "y")])
+    rows = ([("d", 0, 7), ("c", 0, 7), ("a", 0, 7), ("b", 0, 7)]   # one bucket of 4
+            + [("z", 0, 8)]                                       # a singleton: no bucket
+            + [("a", 1, 7), ("b", 1, 7), ("a", 2, 5), ("b", 2, 5)]  # {a, b} in two bands: one row
+            + [("x", 2, -3), ("y", 2, -3)])
+    bands = spark.createDataFrame(rows, "id string, band int, key long")
+    buckets = candidate_buckets(bands)
+    assert sorted(r["ids"] for r in buckets.collect()) == [["a", "b"], ["a", "b", "c", "d"], ["x", "y"]]
+    assert sorted(tuple(r) for r in bucket_pairs(buckets).collect()) == [
+        ("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d"), ("x", "y")]
+    fresh = bands.withColumn("fresh", bands.id.isin("x", "c"))  # against an index: buckets with a fresh member
+    assert sorted(r["ids"] for r in candidate_buckets(fresh).collect()) == [["a", "b", "c", "d"], ["x", "y"]]
 
 
-def test_bucket_pairs_with_fresh_flag_keep_only_pairs_touching_new_rows():
-    from phases.data.dedup import _bucket_pairs_fn
+def _all_pairs_labels(buckets, sim, threshold, cluster=lambda i: None):
+    """The reference: every pair of every bucket verified (pairs of two indexed documents excepted)."""
+    node = lambda i: "0" + cluster(i) if cluster(i) is not None else "1" + i  # noqa: E731
+    edges = [(node(a), node(b)) for ids in buckets for k, a in enumerate(ids) for b in ids[k + 1:]
+             if (cluster(a) is None or cluster(b) is None) and sim(a, b) >= threshold]
+    nodes = [(node(i), node(i)) for ids in buckets for i in ids]
+    return union_find(edges + nodes)
 
-    rows = [{"id": i, "band": 0, "key": 1, "fresh": i in "c"} for i in "abc"] + [{"id": i, "band": 0, "key": 2, "fresh": False} for i in "de"]
-    pairs = {p for rb in _bucket_pairs_fn()(iter(_bucket_rows(rows, 2))) for p in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist())}
-    assert pairs == {("a", "c"), ("b", "c")}
+
+@pytest.mark.parametrize("seed", range(30))
+def test_link_buckets_gives_the_components_of_verifying_every_pair(seed):
+    """Random buckets and similarities (with and without indexed documents): the verified edges give
+    the same components as verifying all pairs, each edge is verified, no pair is computed twice."""
+    rng = random.Random(seed)
+    docs = [f"d{i:02d}" for i in range(rng.randint(3, 25))]
+    buckets = [sorted(rng.sample(docs, rng.randint(2, min(8, len(docs))))) for _ in range(rng.randint(1, 8))]
+    score = {(a, b): rng.choice([0.5, 0.79, 0.8, 0.95]) for a in docs for b in docs if a < b}
+    calls = []
+
+    def sim(a, b):
+        calls.append((a, b))
+        return score[(a, b)]
+
+    stored = {d: rng.choice(["d00", "d01", None]) for d in docs} if seed % 2 else {}
+    cluster = lambda i: stored.get(i)  # noqa: E731
+    edges, computed = link_buckets(buckets, sim, 0.8, cluster)
+    assert computed == len(calls) == len(set(calls)) and all(j >= 0.8 and score[(a, b)] == j for a, b, j in edges)
+    node = lambda i: "0" + cluster(i) if cluster(i) is not None else "1" + i  # noqa: E731
+    got = union_find([(node(a), node(b)) for a, b, _ in edges] + [(node(i), node(i)) for ids in buckets for i in ids])
+    assert got == _all_pairs_labels(buckets, sim, 0.8, cluster)
 
 
-def _clusters(spark, rows, params=NearDedupParams(), partitions=2):
+def test_link_buckets_cost_follows_the_documents_not_the_pairs():
+    """A bucket of 300 near copies costs 299 Jaccards, not 44,850; a copy that fails against the
+    representative is tried against the others and joins through one of them."""
+    ids = [f"c{i:03d}" for i in range(300)]
+    sim = lambda a, b: 0.5 if "c000" in (a, b) and "c007" in (a, b) else 0.9  # noqa: E731
+    edges, computed = link_buckets([ids, ids[:50]], sim, 0.8)
+    assert len(edges) == 299 and computed == 300
+    assert len(union_find((a, b) for a, b, _ in edges)) == 300 and len(set(union_find((a, b) for a, b, _ in edges).values())) == 1
+
+
+def _clusters(spark, rows, params=NearDedupConfig(), partitions=2):
     df = spark.createDataFrame(sorted(rows.items()), "id string, text string").repartition(partitions)
     clusters, stats = near_dedup(spark, df, params)
     out = {r["id"]: (r["cluster_id"], r["kept"]) for r in clusters.collect()}
@@ -100,9 +133,9 @@ def test_verification_breaks_a_false_candidate_chain(spark):
     c = _edit(rng, b, 25)    # J(b, c) ~ 0.4: shares many min-hashes with b, not a duplicate
     assert jaccard(shingles(b, 5), shingles(c, 5)) < 0.6
     # One row per band makes b and c collide in some band almost surely: a false candidate.
-    loose = NearDedupParams(bands=32, rows=1)
+    loose = NearDedupConfig(bands=32, rows=1)
     out, stats = _clusters(spark, {"a": a, "b": b, "c": c}, loose)
-    assert stats["candidate_pairs"] == 3 and stats["verified_pairs"] == 1
+    assert stats["jaccards_computed"] == 3 and stats["verified_pairs"] == 1
     assert out == {"a": ("a", True), "b": ("a", False), "c": ("c", True)}
 
 
@@ -120,27 +153,27 @@ def test_same_clusters_across_partitions_and_runs(spark, corpus):
 def test_connected_components_of_a_long_chain(spark):
     chain = [(f"n{i:02d}", f"n{i + 1:02d}") for i in range(0, 24)]  # one path of 25 nodes
     edges = spark.createDataFrame(chain[::-1] + [("x", "y"), ("z", "y")], "a string, b string")
-    for driver_max_edges in (None, 0):  # union-find on the driver, then large-star / small-star on Spark
-        labels = dict(connected_components(edges, driver_max_edges=driver_max_edges).collect())
-        assert {k: v for k, v in labels.items() if k.startswith("n")} == {f"n{i:02d}": "n00" for i in range(25)}
-        assert labels["x"] == labels["y"] == labels["z"] == "x"
+    labels = dict(connected_components(edges).collect())  # large-star / small-star on Spark
+    assert union_find(chain[::-1] + [("x", "y"), ("z", "y")]) == labels
+    assert {k: v for k, v in labels.items() if k.startswith("n")} == {f"n{i:02d}": "n00" for i in range(25)}
+    assert labels["x"] == labels["y"] == labels["z"] == "x"
 
 
 @pytest.mark.parametrize("driver_edges", [None, 0])  # the graph labelled on the driver (default), or on Spark
 def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp_path, monkeypatch, driver_edges):
     if driver_edges is not None:
-        monkeypatch.setattr(dedup, "DRIVER_COMPONENTS_EDGES", driver_edges)
+        monkeypatch.setattr(components, "DRIVER_COMPONENTS_EDGES", driver_edges)
     rng = random.Random(3)
     old = {k: v for k, v in corpus.items() if k.startswith(("d", "b"))}
     new = {"p01": _edit(rng, corpus["d03"], 1), "p02": _doc(rng), "p03": corpus["d05"], "p04": _edit(rng, corpus["d11"], 2)}
     new["p05"] = new["p02"]
     index = tmp_path / "index"
-    params = NearDedupParams()
+    params = NearDedupConfig()
     old_df = spark.createDataFrame(sorted(old.items()), "id string, text string")
     old_clusters, _ = near_dedup(spark, old_df, params)
     update_index(spark, index, old_df, old_clusters, params)
     new_df = spark.createDataFrame(sorted(new.items()), "id string, text string")
-    inc, stats = near_dedup_incremental(spark, new_df, index, params)
+    inc, stats = near_dedup(spark, new_df, params, index_dir=index)
     got = {r["id"]: (r["cluster_id"], r["kept"]) for r in inc.collect()}
     full, _ = _clusters(spark, {**old, **new})
     assert got == {k: full[k] for k in new}
@@ -150,22 +183,29 @@ def test_incremental_equals_full_recompute_and_old_stays_kept(spark, corpus, tmp
     # A second night: a new id that sorts before the old one still loses to the indexed document.
     update_index(spark, index, new_df, inc, params)
     night2 = spark.createDataFrame([("a00", _edit(rng, corpus["d03"], 1)), ("a01", new["p02"])], "id string, text string")
-    got2 = {r["id"]: (r["cluster_id"], r["kept"]) for r in near_dedup_incremental(spark, night2, index, params)[0].collect()}
+    got2 = {r["id"]: (r["cluster_id"], r["kept"]) for r in near_dedup(spark, night2, params, index_dir=index)[0].collect()}
     assert got2 == {"a00": ("d03", False), "a01": ("p02", False)}
     with pytest.raises(ValueError, match="same parameters"):
-        near_dedup_incremental(spark, night2, index, NearDedupParams(ngram=3))
+        near_dedup(spark, night2, NearDedupConfig(ngram=3), index_dir=index)
     # An index whose signatures came from another version of the shingle hash is refused, not matched.
     meta = json.loads((index / "params.json").read_text())
-    assert meta.pop("signature_version") == dedup.SIGNATURE_VERSIONS[params.hashing]
+    assert meta.pop("signature_version") == dedup_index.SIGNATURE_VERSIONS[params.hashing]
     (index / "params.json").write_text(json.dumps({**meta, "signature_version": 0}))
     with pytest.raises(ValueError, match="rebuild the index"):
-        near_dedup_incremental(spark, night2, index, params)
-    (index / "params.json").write_text(json.dumps(meta))  # written before versions were kept: sha1 is version 1
-    assert dedup.SIGNATURE_VERSIONS["sha1"] == 1 and params.hashing == "sha1"
-    near_dedup_incremental(spark, night2, index, params)[0].unpersist()
+        near_dedup(spark, night2, params, index_dir=index)
+    with pytest.raises(ValueError, match="rebuild the index"):  # written before versions were kept: version 1, not token's
+        (index / "params.json").write_text(json.dumps(meta))
+        near_dedup(spark, night2, params, index_dir=index)
+    assert dedup_index.SIGNATURE_VERSIONS["token"] == 2 and params.hashing == "token"
+    # ... and an index of the other hash is refused by its parameters, naming them.
+    (index / "params.json").write_text(json.dumps({**meta, "hashing": "sha1", "signature_version": 1}))
+    with pytest.raises(ValueError, match='"hashing": "sha1"'):
+        near_dedup(spark, night2, params, index_dir=index)
+    (index / "params.json").write_text(json.dumps({**meta, "signature_version": 2}))
+    near_dedup(spark, night2, params, index_dir=index)[0].unpersist()
     reused = spark.createDataFrame([("d03", "a new text under an indexed id")], "id string, text string")
     with pytest.raises(ValueError, match="reuse ids already in the index"):
-        near_dedup_incremental(spark, reused, index, params)
+        near_dedup(spark, reused, params, index_dir=index)
 
 
 @pytest.mark.parametrize("driver_edges", [None, 0])
@@ -173,16 +213,16 @@ def test_incremental_new_document_bridging_two_indexed_clusters(spark, tmp_path,
     """x and y (Jaccard 0.79) are two indexed clusters; the new z (0.89 to both) joins them under the smaller
     id, and the bridge is counted (the indexed documents keep their stored ids)."""
     if driver_edges is not None:
-        monkeypatch.setattr(dedup, "DRIVER_COMPONENTS_EDGES", driver_edges)
+        monkeypatch.setattr(components, "DRIVER_COMPONENTS_EDGES", driver_edges)
     old = {"x1": " ".join(WORDS[0:200]), "y1": " ".join(WORDS[23:223])}
     assert jaccard(shingles(old["x1"], 5), shingles(old["y1"], 5)) < 0.8
-    params = NearDedupParams()
+    params = NearDedupConfig()
     old_df = spark.createDataFrame(sorted(old.items()), "id string, text string")
     old_clusters, old_stats = near_dedup(spark, old_df, params)
     assert old_stats["removed"] == 0
     update_index(spark, tmp_path / "index", old_df, old_clusters, params)
     new_df = spark.createDataFrame([("z1", " ".join(WORDS[11:211]))], "id string, text string")
-    inc, stats = near_dedup_incremental(spark, new_df, tmp_path / "index", params)
+    inc, stats = near_dedup(spark, new_df, params, index_dir=tmp_path / "index")
     assert {r["id"]: (r["cluster_id"], r["kept"]) for r in inc.collect()} == {"z1": ("x1", False)}
     assert stats["bridged_clusters"] == 1 and stats["verified_pairs"] == 2
 
@@ -232,8 +272,7 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     and texts are quarantined from Parquet too (counted without reading a null-free text column)."""
     import pyarrow as pa
 
-    from phases.data import dedup_cli
-
+    
     rows = [{"id": k, "text": v} for k, v in sorted(corpus.items())] + [{"id": None, "text": "no id"}, {"id": "z-null", "text": None}]
     src = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=-(-len(rows) // row_groups))
@@ -243,10 +282,10 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     try:
         for k, v in conf.items():
             spark.conf.set(k, v)
-        read = dedup_cli._read(spark, [str(src)])
-        summary = dedup_cli._summary(read)
+        read = command._read(spark, [str(src)])
+        summary = command._summary(read)
         assert (sum(summary.sizes), summary.missing_id, summary.ids_repeat) == (len(rows), 1, False)
-        placed, cache = dedup_cli._placed(read, summary)
+        placed, cache = command._placed(read, summary)
         assert (cache is None) == (row_groups > 1)
         if cache is not None:
             cache.unpersist()
@@ -258,8 +297,8 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     removed = {r["id"] for r in pq.read_table(tmp_path / "out" / "clusters.parquet").to_pylist() if not r["kept"]}
     assert removed == {"n03", "n07a", "d07", "x05"}
     assert {r["id"] for r in pq.read_table(tmp_path / "out" / "kept").to_pylist()} == set(corpus) - removed
-    raw = dedup_cli._read(spark, [str(src)])
-    assert dedup_cli._bad_counts(raw, dedup_cli._split_bad(raw)[1]) == {"missing_id": 1, "missing_text": 1}
+    raw = command._read(spark, [str(src)])
+    assert command._bad_counts(raw, command._split_bad(raw)[1]) == {"missing_id": 1, "missing_text": 1}
 
 
 @pytest.mark.parametrize("kind", ["parquet", "jsonl"])
@@ -287,16 +326,14 @@ def test_run_dedup_rejects_reused_ids_unless_the_repeat_is_quarantined(spark, tm
 
 
 def test_join_verification_agrees_with_grouped_verification(spark, corpus, monkeypatch):
-    from phases.data import dedup
-
     grouped, stats = _clusters(spark, corpus)
-    monkeypatch.setattr(dedup, "GROUPED_VERIFY_PAIRS", 0)  # every pair set takes the join path
+    monkeypatch.setattr(verify, "GROUPED_BUCKETS", 0)  # every bucket set takes the scale-out path
     joined, stats2 = _clusters(spark, corpus)
-    assert joined == grouped and stats2["verified_pairs"] == stats["verified_pairs"]
+    assert joined == grouped and stats2["verified_pairs"] >= stats["verified_pairs"]
 
 
 def test_python_workers_are_started_in_a_background_job(spark):
-    from phases.data.dedup import WARM_JOB_GROUP, warm_python_workers
+    from phases.data.dedup.run import WARM_JOB_GROUP, warm_python_workers
 
     thread = warm_python_workers(spark)
     thread.join(120)

@@ -1,4 +1,4 @@
-"""MinHash signatures against datasketch itself, banding choice and exact Jaccard (pure numpy)."""
+"""MinHash signatures against datasketch itself, banding choice, shingles and exact Jaccard (pure numpy)."""
 
 import random
 
@@ -7,8 +7,8 @@ import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-from phases.data.minhash import (Permutations, band_keys, collision_probability, jaccard, optimal_bands, shingles,
-                                 signatures, token_shingle_hash)
+from phases.data.dedup.minhash import Permutations, band_keys, collision_probability, optimal_bands, signatures, token_shingle_hash
+from phases.data.dedup.shingles import jaccard, shingles
 
 
 def _texts(n, seed=0):
@@ -46,7 +46,7 @@ def test_token_signatures_equal_datasketch_with_token_hashfunc(scheme):
 def test_token_hash_is_order_sensitive_and_numpy_equals_the_reference():
     import xxhash
 
-    from phases.data.minhash import _combine
+    from phases.data.dedup.minhash import _combine
 
     h = token_shingle_hash(3)
     assert len({h(b"a b c"), h(b"b a c"), h(b"c b a"), h(b"a b"), h(b"a")}) == 5
@@ -65,7 +65,7 @@ def test_permutations_are_datasketchs():
 
 
 def test_batch_chunking_does_not_change_signatures(monkeypatch):
-    from phases.data import minhash
+    from phases.data.dedup import minhash
 
     texts = _texts(60, 3)
     whole = signatures(texts, Permutations(16, 1), 2)
@@ -105,7 +105,7 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
     """ASCII texts are tokenized in Arrow, others in Python: both must split and lowercase as str.lower().split()."""
     import xxhash
 
-    from phases.data import minhash
+    from phases.data.dedup import minhash, shingles as sh
 
     rng = random.Random(4)
     ascii_chars = [chr(i) for i in range(128)]
@@ -113,7 +113,7 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
     texts += _texts(50, 9) + ["", " ", "  lead and trail  ", "\x1cfs\x1fus\x0bvt"]
     rng.shuffle(texts)  # ASCII and non-ASCII documents interleaved in one batch
     hv, counts = minhash._token_doc_hashes(texts, 3)
-    vocab, ids, lengths = minhash._token_ids_python(texts)
+    vocab, ids, lengths = sh._token_ids_python(texts)
     th = np.array([xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in vocab], dtype=np.uint64)[ids]
     ref_hv, ref_counts = minhash._windows(th, lengths, 3)
     assert np.array_equal(counts, ref_counts) and np.array_equal(hv, ref_hv)
@@ -123,7 +123,7 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
 def test_arrow_tokenization_equals_python_split(separators):
     """Arrow's ASCII split serves batches without the 0x1c-0x1f separators (Python's split() counts them
     as whitespace, Arrow's ASCII split does not); a batch with one takes the Unicode split."""
-    from phases.data import minhash
+    from phases.data.dedup import shingles as minhash
 
     rng = random.Random(5)
     chars = [chr(i) for i in range(128) if separators or not 0x1C <= i <= 0x1F]
@@ -144,7 +144,7 @@ def _mixed_texts():
 def test_shingle_sets_jaccard_is_exact(ngram):
     """The numpy shingle sets give the same Jaccard as Python sets for every pair: texts with and
     without non-ASCII, shorter than one n-gram, empty, near copies."""
-    from phases.data.minhash import ShingleSets, shingle_tuples
+    from phases.data.dedup.shingles import ShingleSets, shingle_tuples
 
     texts = _mixed_texts()
     sets = ShingleSets(texts, ngram)
@@ -160,7 +160,7 @@ def test_shingle_sets_never_trust_a_key_collision(monkeypatch, keys):
     """With a hash that collides all the time (16 keys) or now and then (4096 keys), every answer is
     either exact or None (the caller's cue to use Python sets): a collision cannot make two texts
     look alike."""
-    from phases.data import minhash
+    from phases.data.dedup import shingles as minhash
 
     fmix64 = minhash._fmix64
     monkeypatch.setattr(minhash, "_fmix64", lambda h: fmix64(h) & np.uint64(keys))
@@ -178,7 +178,7 @@ def test_text_digests_read_arrow_buffers_in_place():
 
     import pyarrow as pa
 
-    from phases.data.dedup import text_digests
+    from phases.data.dedup.signatures import text_digests
 
     texts = ["", "a", "naïve café", "x" * 1000, "tail"]
     arr = pa.array(texts).slice(1, 3)
@@ -189,7 +189,7 @@ def test_text_digests_read_arrow_buffers_in_place():
 def test_shingle_sets_distrust_every_text_of_a_colliding_run(monkeypatch):
     """Keys of "a" and "b" collide (a parity hash): texts holding either may not be compared by key,
     including the ones that are not next to each other in the sorted run of that key."""
-    from phases.data import minhash
+    from phases.data.dedup import shingles as minhash
 
     monkeypatch.setattr(minhash, "_fmix64", lambda h: h & np.uint64(1))
     texts = ["a c", "a", "a", "b", "b", "c"]  # token ids a=0, c=1, b=2: a and b share a key
@@ -199,7 +199,7 @@ def test_shingle_sets_distrust_every_text_of_a_colliding_run(monkeypatch):
 
 
 def test_text_slices_cover_every_text_once_in_bounded_slices():
-    from phases.data.minhash import text_slices
+    from phases.data.dedup.shingles import text_slices
 
     lengths = [5, 1, 9, 30, 2, 2, 2, 0, 7]
     slices = text_slices(lengths, max_bytes=10)
@@ -212,11 +212,11 @@ def test_text_slices_cover_every_text_once_in_bounded_slices():
 def test_signatures_in_slices_equal_one_batch(monkeypatch):
     import numpy as np
 
-    from phases.data import minhash
+    from phases.data.dedup import minhash, shingles
 
     texts = [f"doc {i} " + " ".join(f"w{(i * j) % 97}" for j in range(40)) for i in range(30)]
     perms = minhash.Permutations(64, 3)
     whole = minhash.signatures(texts, perms, 3, "token")
-    monkeypatch.setattr(minhash, "SLICE_TEXT_BYTES", 200)
-    assert len(minhash.text_slices(minhash.text_lengths(texts))) > 10
+    monkeypatch.setattr(shingles, "SLICE_TEXT_BYTES", 200)
+    assert len(shingles.text_slices(shingles.text_lengths(texts))) > 10
     assert np.array_equal(minhash.signatures(texts, perms, 3, "token"), whole)

@@ -26,3 +26,11 @@ def _driver_args(**env) -> list[str]:
 def test_a_local_driver_compiles_with_the_client_compiler_only_unless_turned_off(setting, expected):
     env = {} if setting is None else {"LIFECYCLE_SPARK_QUICK_JIT": setting}
     assert (QUICK_JIT in _driver_args(**env)) is expected
+
+
+def test_class_sharing_is_opt_in_and_records_then_maps_the_archive(tmp_path):
+    archive = tmp_path / "spark.jsa"
+    assert not any("SharedArchiveFile" in a or "ArchiveClassesAtExit" in a for a in _driver_args())
+    assert f"-XX:ArchiveClassesAtExit={archive}" in _driver_args(LIFECYCLE_SPARK_CDS=str(archive))
+    assert archive.stat().st_size > 0  # written as the first JVM exited
+    assert f"-XX:SharedArchiveFile={archive}" in _driver_args(LIFECYCLE_SPARK_CDS=str(archive))

@@ -1,4 +1,4 @@
-"""The standalone near-dedup command as a plain function (the CLI wires ``lifecycle dedup`` to it).
+"""The standalone near-dedup command as a plain function (``lifecycle dedup``, flows/dedup_command.py).
 
 Reads JSONL or Parquet records with ``id`` and ``text``, writes ``OUTPUT/kept/`` (Parquet, the
 records that survive, all their columns) and ``OUTPUT/clusters.parquet`` (id, cluster_id, kept for
@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from phases.data.dedup import (WARM_JOB_GROUP, NearDedupParams, StageTimer, near_dedup, near_dedup_incremental, small_ids, spread, update_index,
-                               warm_python_workers)
+from phases.config import NearDedupConfig
+from phases.data.dedup.frames import small_ids
+from phases.data.dedup.index import update_index
+from phases.data.dedup.run import WARM_JOB_GROUP, StageTimer, near_dedup, spread, warm_python_workers
 from phases.errors import DataError
 
 
@@ -122,8 +124,7 @@ def _read(spark, inputs: list[str]):
     return df.withColumn("_file", F.col("_metadata.file_path"))
 
 
-def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: int = 128, ngram: int = 5,
-              spark_master: str = "local[*]", seed: int = 1, fn_weight: float = 0.99, hashing: str = "sha1",
+def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedupConfig(), spark_master: str = "local[*]",
               spark=None, index_dir: str | None = None) -> dict[str, Any]:
     """Near-deduplicate ``inputs`` into ``output`` (see the module docstring); returns the stats.
 
@@ -135,7 +136,6 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
 
     from phases.data.spark import spark_session
 
-    params = NearDedupParams(threshold=threshold, num_perm=num_perm, ngram=ngram, seed=seed, fn_weight=fn_weight, hashing=hashing)
     out = Path(output).absolute()
     if out.exists():
         raise DataError(f"dedup output {out} already exists; remove it or choose another directory")
@@ -169,10 +169,7 @@ def run_dedup(inputs: list[str], output: str, threshold: float = 0.8, num_perm: 
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
         t.done("input_check")
         docs = records.select("id", "text")
-        if index_dir:
-            clusters, stats = near_dedup_incremental(spark, records, index_dir, params, cached=True)
-        else:
-            clusters, stats = near_dedup(spark, records, params, cached=True)
+        clusters, stats = near_dedup(spark, records, params, index_dir=index_dir, placed=True)
         t.done("near_dedup")
         clusters.coalesce(1).sortWithinPartitions("id").write.parquet(str(tmp / "_clusters"))
         parts = list((tmp / "_clusters").glob("part-*.parquet"))

@@ -1,0 +1,194 @@
+"""Stage 3, verification: exact Jaccard of the candidate pairs that the clusters need.
+
+The guarantee: a document is removed only along a path of verified edges (exact Jaccard >= the
+threshold) to its kept document, and the clusters equal those of verifying every candidate pair.
+What is verified: each bucket against a representative member first; a member that fails is then
+tried against every other member. A pair whose two documents are already connected by verified edges
+is skipped, and no pair is computed twice. So the cost follows the documents, not the pairs: a
+cluster of k near copies costs about k Jaccards, not k^2/2 (:func:`link_buckets`).
+
+Skipping a connected pair leaves the components as they are, and every candidate pair of a bucket is
+either verified or skipped that way; hence the equality above. Against an index, two indexed
+documents are never compared (they stay as the index clustered them): a bucket's representative is
+a new document, indexed documents of one stored cluster count as connected, and only pairs with a new
+document are computed.
+
+Small candidate sets are verified group-wise: buckets linked by a member form a group, each group's
+texts are shuffled once to one task and their shingle sets built once, in numpy
+(:class:`~phases.data.dedup.shingles.ShingleSets`). Larger ones (or a giant group) take the scale-out
+path: every pair of every bucket, joined to both texts (quadratic in a bucket, nothing on the driver).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from phases.config import NearDedupConfig
+from phases.data.dedup.candidates import bucket_pairs
+from phases.data.dedup.components import union_find
+from phases.data.dedup.frames import collect_at_most, small_ids, string_frame
+from phases.data.dedup.shingles import SLICE_TEXT_BYTES, ShingleSets, jaccard, shingle_tuples, text_lengths
+
+EDGE_SCHEMA = "a string, b string, jaccard double"
+# Bucket sets up to this many rows are collected and verified group-wise; larger ones by joins.
+GROUPED_BUCKETS = 1_000_000
+# ... unless a group holds more documents than this (one task would hold all its texts).
+MAX_GROUP_DOCS = 20_000
+
+
+def link_buckets(buckets: list[list[str]], similarity: Callable[[str, str], float], threshold: float,
+                 cluster: Callable[[str], str | None] = lambda i: None) -> tuple[list[tuple[str, str, float]], int]:
+    """(verified edges (a, b, jaccard), Jaccards computed) that connect the members of ``buckets`` as
+    verifying all their pairs would (see the module docstring).
+
+    ``cluster``: the stored cluster of an indexed document, None for a new one.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in sorted({i for ids in buckets for i in ids if cluster(i) is not None}):
+        parent[find(i)] = find("\0" + cluster(i))  # one stored cluster is one node
+    computed: dict[tuple[str, str], float] = {}
+    edges = []
+
+    def linked(x, y) -> bool:
+        if find(x) == find(y):
+            return True
+        if cluster(x) is not None and cluster(y) is not None:
+            return False
+        pair = (x, y) if x < y else (y, x)
+        if pair not in computed:
+            computed[pair] = similarity(*pair)
+        if computed[pair] < threshold:
+            return False
+        parent[find(x)] = find(y)
+        edges.append((*pair, computed[pair]))
+        return True
+
+    for ids in buckets:
+        rep = next((i for i in ids if cluster(i) is None), None)
+        if rep is None:
+            continue
+        for f in [x for x in ids if x != rep and not linked(rep, x)]:
+            for y in ids:
+                if y != f:
+                    linked(f, y)
+    return edges, len(computed)
+
+
+def _verify_groups(group_buckets: dict[str, list], params: NearDedupConfig):
+    """mapInArrow function: (id, text, cluster, g) rows, all of a group in one partition -> EDGE_SCHEMA
+    rows of its verified edges, plus one row (a = null, jaccard = Jaccards computed) per chunk.
+
+    Groups are verified in chunks of about :data:`SLICE_TEXT_BYTES` of text; a pair whose shingle keys
+    are not proven injective is recomputed from Python sets (exact either way).
+    """
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        got = [rb for rb in batches if rb.num_rows]
+        if not got:
+            return
+        table = pa.Table.from_batches(got)
+        ids, text, stored = table.column("id").to_pylist(), table.column("text").combine_chunks(), table.column("cluster").to_pylist()
+        row = {i: k for k, i in enumerate(ids)}
+        size = text_lengths(text)
+        groups = sorted(g for g in group_buckets if group_buckets[g][0][0] in row)
+        chunk, chunk_bytes = [], 0
+        for n, g in enumerate(groups):
+            chunk.append(g)
+            chunk_bytes += int(size[[row[i] for i in {i for ids in group_buckets[g] for i in ids}]].sum())
+            if chunk_bytes >= SLICE_TEXT_BYTES or n + 1 == len(groups):
+                yield _verify_chunk([b for c in chunk for b in group_buckets[c]], text, row, stored, params)
+                chunk, chunk_bytes = [], 0
+
+    return run
+
+
+def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
+    import numpy as np
+    import pyarrow as pa
+
+    docs = sorted({i for ids in buckets for i in ids})
+    local = {i: k for k, i in enumerate(docs)}
+    sub = text.take(pa.array(np.array([row[i] for i in docs], dtype=np.int64)))
+    sets = ShingleSets(sub, params.ngram)
+
+    def similarity(x, y):
+        j = sets.jaccard(local[x], local[y])
+        if j is None:  # not provably exact by keys: Python sets
+            j = jaccard(shingle_tuples(sub[local[x]].as_py() or "", params.ngram), shingle_tuples(sub[local[y]].as_py() or "", params.ngram))
+        return j
+
+    edges, computed = link_buckets(buckets, similarity, params.threshold, lambda i: stored[row[i]])
+    a, b, j = (list(c) for c in zip(*edges)) if edges else ([], [], [])
+    return pa.RecordBatch.from_arrays([pa.array(a + [None], pa.string()), pa.array(b + [None], pa.string()),
+                                       pa.array(j + [float(computed)], pa.float64())], names=["a", "b", "jaccard"])
+
+
+def verified_edges(buckets, texts, params: NearDedupConfig):
+    """(verified edges: a, b, jaccard >= threshold, materialized; Jaccards computed).
+
+    ``texts``: (id, text, cluster) of every document a bucket may hold; cluster is the stored cluster
+    of an indexed document and null for a new one.
+    """
+    from pyspark.sql import functions as F
+
+    spark = buckets.sparkSession
+    rows = collect_at_most(buckets, GROUPED_BUCKETS)
+    if rows is not None:
+        lists = sorted(r["ids"] for r in rows)
+        group = union_find((ids[0], i) for ids in lists for i in ids[1:])
+        group_buckets: dict[str, list] = {}
+        for ids in lists:
+            group_buckets.setdefault(group[ids[0]], []).append(ids)
+        biggest = max((len({i for b in bs for i in b}) for bs in group_buckets.values()), default=0)
+        if biggest <= MAX_GROUP_DOCS:
+            if not lists:
+                return spark.createDataFrame([], EDGE_SCHEMA), 0
+            gdf = string_frame(spark, ("id", "g"), sorted(group.items()))
+            parts = max(2 * spark.sparkContext.defaultParallelism, len(group) // 20_000)
+            needed = texts.join(F.broadcast(gdf), "id").select("id", "text", "cluster", "g").repartition(parts, "g")
+            out = needed.mapInArrow(_verify_groups(group_buckets, params), EDGE_SCHEMA).localCheckpoint()
+            computed = int(out.where(F.col("a").isNull()).agg(F.sum("jaccard")).first()[0] or 0)
+            return out.where(F.col("a").isNotNull() & (F.col("jaccard") >= params.threshold)), computed
+    return _verify_by_joins(bucket_pairs(buckets), texts, params)
+
+
+def _verify_by_joins(pairs, texts, params: NearDedupConfig):
+    """The scale-out path: each pair with a new document joined to both texts, its Jaccard in pandas."""
+    from pyspark.sql import functions as F
+
+    ids = pairs.select(F.col("a").alias("id")).unionByName(pairs.select(F.col("b").alias("id"))).distinct().localCheckpoint()
+    needed = texts.join(small_ids(ids), "id", "left_semi")
+    side = lambda s: needed.select(F.col("id").alias(s), F.col("text").alias(f"t{s}"), F.col("cluster").alias(f"c{s}"))  # noqa: E731
+    joined = pairs.join(side("a"), "a").join(side("b"), "b").where(F.col("ca").isNull() | F.col("cb").isNull())
+    out = joined.select("a", "b", "ta", "tb").mapInPandas(_pair_jaccards(params.ngram), EDGE_SCHEMA).localCheckpoint()
+    return out.where(F.col("jaccard") >= params.threshold), out.count()
+
+
+def _pair_jaccards(ngram: int):
+    """mapInPandas function: (a, b, ta, tb) -> (a, b, exact Jaccard of the shingle sets)."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for pdf in batches:
+            cache: dict[str, set] = {}  # a document often sits in several pairs of one batch
+
+            def sh(i, t):
+                if i not in cache:
+                    cache[i] = shingle_tuples(t or "", ngram)
+                return cache[i]
+
+            sims = [jaccard(sh(a, ta), sh(b, tb)) for a, b, ta, tb in zip(pdf.a, pdf.b, pdf.ta, pdf.tb)]
+            yield pd.DataFrame({"a": pdf.a, "b": pdf.b, "jaccard": sims})
+
+    return run
