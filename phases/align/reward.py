@@ -2,7 +2,7 @@
 RewardTrainer on the preference rows (Bradley-Terry: score(chosen) above score(rejected)).
 
 Its held-out accuracy is computed here per row, with the standard error of a proportion
-(sqrt(p(1-p)/n)), so "better than chance" can be judged against the noise of a small split.
+(sqrt(p(1-p)/n), p Laplace-smoothed), so "better than chance" can be judged against the noise of a small split.
 GRPO and RLOO use the trained model as their reward function.
 """
 
@@ -49,8 +49,12 @@ def scores(model, tokenizer, rows: list[dict[str, Any]], key: str) -> list[float
 def held_out_accuracy(model, tokenizer, rows) -> dict[str, float]:
     chosen, rejected = scores(model, tokenizer, rows, "chosen"), scores(model, tokenizer, rows, "rejected")
     n = len(rows)
-    acc = sum(c > r for c, r in zip(chosen, rejected)) / n
-    return {"accuracy": acc, "stderr": math.sqrt(max(acc * (1 - acc), 1e-12) / n), "margin": sum(c - r for c, r in zip(chosen, rejected)) / n, "n": n}
+    wins = sum(c > r for c, r in zip(chosen, rejected))
+    # Standard error of the proportion with Laplace smoothing ((wins+1)/(n+2)), so a perfect
+    # score on a small split still carries its uncertainty instead of a standard error of 0.
+    smoothed = (wins + 1) / (n + 2)
+    return {"accuracy": wins / n, "stderr": math.sqrt(smoothed * (1 - smoothed) / n),
+            "margin": sum(c - r for c, r in zip(chosen, rejected)) / n, "n": n}
 
 
 def reward_args(cfg: AlignConfig, output_dir: str):

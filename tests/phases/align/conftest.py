@@ -16,12 +16,14 @@ def align_inputs(toy_data, toy_pretrain):
 
 @pytest.fixture(scope="session")
 def style_preferences(tmp_path_factory, toy_data):
-    """Preferences with a signal a toy model can learn in a few steps: the right summary as
-    written (chosen) against the same summary shouted in capitals (rejected). The corpus
-    recipe's signal (which summary fits which name) is too subtle for a random 32-wide model."""
+    """Preferences with a signal a toy model can learn in a few steps, and that SFT did not
+    teach: the summary ending in "!" (chosen) against the same summary ending in "." (rejected).
+    The SFT model, trained on docstrings that end in ".", prefers the rejected one, so
+    preference accuracy starts near 0 and only preference training can raise it. The corpus recipe's
+    signal (which summary fits which name) is too subtle for a random 32-wide model."""
     fns, _ = derive_functions(read_split(toy_data, "train"), 512, 0)
     path = tmp_path_factory.mktemp("prefs") / "style.jsonl"
     with path.open("w") as f:
         for fn in fns:
-            f.write(json.dumps({"id": fn.qualname, "prompt": question(fn), "chosen": fn.summary, "rejected": fn.summary.upper() + "!!"}) + "\n")
+            f.write(json.dumps({"id": fn.qualname, "prompt": question(fn), "chosen": fn.summary.rstrip(".!?") + "!", "rejected": fn.summary.rstrip(".!?") + "."}) + "\n")
     return path
