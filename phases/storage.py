@@ -97,7 +97,10 @@ def dir_digest(path: Path, records: tuple[str, ...] = ()) -> tuple[str, dict[str
 def output_lock(final: Path):
     """An exclusive lock on one output directory, held while it is checked, built and published."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    with (final.parent / f".{final.name}.lock").open("a") as fh:
+    # Beside the phase folders, not in them: outputs/<phase>/ lists published outputs only.
+    locks = final.parent.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    with (locks / f"{final.parent.name}-{final.name}.lock").open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
