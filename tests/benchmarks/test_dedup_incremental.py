@@ -3,7 +3,7 @@
 Run: .venv/bin/pytest -m benchmark tests/benchmarks/test_dedup_incremental.py -s
 DEDUP_INC_INDEX_DOCS (default 100000) documents are indexed (near_dedup + update_index, untimed), then
 DEDUP_INC_NEW_DOCS (default 10000) new ones are deduplicated against the index (timed: the
-``near_dedup_incremental`` call and collecting its clusters, DEDUP_INC_REPEATS times (default 3), the best
+``near_dedup(..., index_dir=...)`` call and collecting its clusters, DEDUP_INC_REPEATS times (default 3), the best
 asserted; ``update_index`` timed separately).
 The new documents' clusters must equal a full recompute over index + new documents (new ids sort after
 the indexed ones, the case where the documented equality holds).
@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phases.data.dedup import NearDedupParams, near_dedup, near_dedup_incremental, update_index
+from phases.config import NearDedupConfig
+from phases.data.dedup import near_dedup, update_index
 from tests.benchmarks.dedup_corpus import synthetic_corpus
 from tests.benchmarks.test_dedup_quality import load, machine, versions
 from tests.benchmarks.test_dedup_speed import signature_rate
@@ -43,7 +44,7 @@ def test_dedup_incremental(tmp_path):
     sample = [t for _, t in rows[:5000]]
     probe_before = signature_rate(sample, "token")
     old, new = rows[:INDEX_DOCS], rows[INDEX_DOCS:]
-    params = NearDedupParams(hashing="token")
+    params = NearDedupConfig()  # hashing=token, the default
     spark = spark_session("local[2]")
     try:
         for name, part in (("old", old), ("new", new)):  # read back as Parquet, as the CLI does
@@ -58,7 +59,7 @@ def test_dedup_incremental(tmp_path):
         runs = []  # each call reads the index as it is: repeats measure the same work
         for _ in range(REPEATS):
             t0 = time.perf_counter()
-            inc, stats = near_dedup_incremental(spark, new_df, tmp_path / "index", params)
+            inc, stats = near_dedup(spark, new_df, params, index_dir=tmp_path / "index")
             got = {r["id"]: (r["cluster_id"], r["kept"]) for r in inc.collect()}
             runs.append(time.perf_counter() - t0)
             if len(runs) < REPEATS:
@@ -87,9 +88,9 @@ def test_dedup_incremental(tmp_path):
              f"before, {probe_after:,.0f} after.", "",
              "| measure | value | goal |", "|---|---|---|",
              f"| index build (near_dedup + update_index, {INDEX_DOCS} docs) | {build_s:.1f} s | - |",
-             f"| incremental: {NEW_DOCS} new vs the index (near_dedup_incremental + collect), best of {len(runs)} | {inc_s:.1f} s "
+             f"| incremental: {NEW_DOCS} new vs the index (near_dedup with index_dir + collect), best of {len(runs)} | {inc_s:.1f} s "
              f"(runs: {', '.join(f'{r:.1f}' for r in runs)} s; "
-             f"{stats['candidate_pairs']} candidates, {stats['verified_pairs']} verified, {stats['removed']} removed, "
+             f"{stats['candidate_buckets']} candidate buckets, {stats['jaccards_computed']} Jaccards computed, {stats['verified_pairs']} verified, {stats['removed']} removed, "
              f"{removed_vs_old} of them into indexed clusters) | <= 10 s |",
              f"| update_index with the new batch | {upd_s:.1f} s | - |",
              f"| full recompute ({INDEX_DOCS + NEW_DOCS} docs, for comparison) | {full_s:.1f} s | - |",

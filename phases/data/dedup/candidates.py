@@ -15,11 +15,16 @@ def candidate_buckets(bands):
     only buckets holding a fresh document. The same member set found by several bands (near-exact
     copies agree in most bands) is one row.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     fresh = "fresh" in bands.columns
+    # Nearly every bucket holds one document: a count per bucket drops those rows first (one shuffle and
+    # sort, which the grouping below reuses). Grouping all rows at once would not fit Spark's object hash
+    # aggregate and fall back to sorting in it, several times slower.
+    shared = bands.withColumn("_n", F.count("*").over(Window.partitionBy("key", "band"))).where("_n > 1")
     agg = [F.collect_list("id").alias("ids")] + ([F.max("fresh").alias("fresh")] if fresh else [])
-    buckets = bands.groupBy("band", "key").agg(*agg).where(F.size("ids") > 1)
+    buckets = shared.groupBy("key", "band").agg(*agg)
     if fresh:
         buckets = buckets.where("fresh")
     return buckets.select(F.array_sort("ids").alias("ids")).distinct()

@@ -39,8 +39,7 @@ def _id_missing():
 
 
 def _split_bad(records):
-    """(good records, quarantine rows: file, reason, raw) of ``records`` (cached when they hold a
-    corrupt-record column: Spark queries that column only from a cache)."""
+    """(good records, quarantine rows: file, reason, raw) of ``records``."""
     from pyspark.sql import functions as F
 
     corrupt = F.col(CORRUPT).isNotNull() if CORRUPT in records.columns else F.lit(False)
@@ -62,8 +61,7 @@ class InputSummary(NamedTuple):
 
 
 def _summary(df) -> InputSummary:
-    """What the input checks need from records without a corrupt-record column (Parquet), in one job
-    that reads only the id column: rows per input partition (for :func:`spread`; an id's rows count
+    """What the input checks need from the records, in one job that reads only the id column: rows per input partition (for :func:`spread`; an id's rows count
     in its first partition), ids missing, ids repeated."""
     from pyspark.sql import functions as F
 
@@ -76,38 +74,42 @@ def _summary(df) -> InputSummary:
     return InputSummary([r["rows"] for r in rows], sum(r["missing"] for r in rows), any((r["most"] or 0) > 1 for r in rows))
 
 
-def _placed(df, summary: InputSummary | None = None):
+def _placed(df, summary: InputSummary):
     """(records, their cache or None): the input as near-dedup and the outputs will read it.
 
     Splittable Parquet that already spans the cores is read where it lies, each time it is needed
     (signatures, the texts to verify, ``kept/``): re-reading it costs less than building a cache of
-    every text. JSON (parsed once; its corrupt-record column can only be queried from a cache) and
-    Parquet whose rows sit unevenly (e.g. one big row group: see :func:`spread`; spread by a shuffle
-    that should run once) are spread and cached. ``summary``: the input's :func:`_summary` (its rows
-    per partition), None for JSON.
+    every text. Parquet whose rows sit unevenly (e.g. one big row group: see :func:`spread`) is spread
+    by a shuffle, and cached so that the shuffle runs once. ``summary``: the input's :func:`_summary`.
     """
-    spread_df = spread(df, sizes=summary.sizes if summary is not None else None)
-    if CORRUPT in df.columns or spread_df is not df:
+    spread_df = spread(df, sizes=summary.sizes)
+    if spread_df is not df:
         cached = spread_df.persist()
         return cached, cached
     return df, None
 
 
-def _bad_counts(records, bad, summary: InputSummary | None = None) -> dict[str, int]:
-    """Quarantine counts per reason. Without a corrupt-record column the reasons are counted apart, so
-    that a text column without nulls is never read: Parquet statistics answer ``text IS NULL``
-    (missing ids come from ``summary`` when given)."""
+def _bad_counts(records, summary: InputSummary) -> dict[str, int]:
+    """Quarantine counts per reason, one filter each: Parquet statistics skip the row groups that
+    cannot match (no corrupt line, no null text), so a clean text column is never read."""
     from pyspark.sql import functions as F
 
-    if CORRUPT in records.columns:
-        return {r["reason"]: r["count"] for r in bad.groupBy("reason").count().collect()}
     id_missing = _id_missing()
-    counts = {"missing_id": summary.missing_id if summary is not None else records.where(id_missing).count(),
-              "missing_text": records.where(F.col("text").isNull()).where(~id_missing).count()}
+    parsed = F.col(CORRUPT).isNull() if CORRUPT in records.columns else F.lit(True)
+    malformed = records.where(~parsed).count() if CORRUPT in records.columns else 0
+    counts = {"malformed_json": malformed,
+              "missing_id": records.where(parsed & id_missing).count() if malformed else summary.missing_id,
+              "missing_text": records.where(parsed & F.col("text").isNull() & ~id_missing).count()}
     return {k: v for k, v in counts.items() if v}
 
 
-def _read(spark, inputs: list[str]):
+def _read(spark, inputs: list[str], staging: Path):
+    """The input records with their ``_file``, as Parquet. JSONL is parsed once into Parquet under
+    ``staging`` (its schema inferred by Spark, bad lines in a corrupt-record column): every later read
+    (checks, signatures, the texts to verify, ``kept/``) then decodes only the columns it needs,
+    where it lies, instead of parsing JSON again or caching every record in memory."""
+    from pyspark.sql import functions as F
+
     paths = [os.path.abspath(p) for p in inputs]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
@@ -115,13 +117,16 @@ def _read(spark, inputs: list[str]):
     kinds = {"parquet" if p.endswith(".parquet") or (os.path.isdir(p) and any(Path(p).glob("*.parquet"))) else "json" for p in paths}
     if len(kinds) != 1:
         raise DataError(f"dedup inputs mix JSONL and Parquet ({paths}); pass one kind per run")
-    df = spark.read.parquet(*paths) if kinds == {"parquet"} else spark.read.json(paths, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+    json_input = kinds == {"json"}
+    df = spark.read.json(paths, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT) if json_input else spark.read.parquet(*paths)
     for col in ("id", "text"):
         if col not in df.columns:
             raise DataError(f"dedup inputs have no {col!r} column (columns: {df.columns}); each record needs id and text")
-    from pyspark.sql import functions as F
-
-    return df.withColumn("_file", F.col("_metadata.file_path"))
+    df = df.withColumn("_file", F.col("_metadata.file_path"))
+    if not json_input:
+        return df
+    df.write.parquet(str(staging))
+    return spark.read.parquet(str(staging))
 
 
 def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedupConfig(), spark_master: str = "local[*]",
@@ -148,11 +153,11 @@ def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedu
     warming = warm_python_workers(spark) if own else None
     t.done("spark_start")
     try:
-        df = _read(spark, inputs).withColumn("id", F.col("id").cast("string"))
-        summary = None if CORRUPT in df.columns else _summary(df)
+        df = _read(spark, inputs, tmp / "_input").withColumn("id", F.col("id").cast("string"))
+        summary = _summary(df)
         loaded, cache = _placed(df, summary)
         good, bad = _split_bad(loaded)
-        bad_counts = _bad_counts(loaded, bad, summary)
+        bad_counts = _bad_counts(loaded, summary)
         if bad_counts:  # the good records get their own cache; the input's is dropped
             bad.write.parquet(str(tmp / "quarantine"))
             records = good.persist()
@@ -163,8 +168,8 @@ def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedu
             cache = records
         else:  # all good: the input as it is (its cache, when it has one), no filter to evaluate
             records = loaded.drop("_file", CORRUPT)
-        # Reused ids among the valid records (Parquet: only when the summary saw an id twice).
-        dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect() if summary is None or summary.ids_repeat else []
+        # Reused ids among the valid records (only when the summary saw an id twice).
+        dup_ids = records.groupBy("id").count().where("count > 1").limit(5).collect() if summary.ids_repeat else []
         if dup_ids:
             raise DataError(f"dedup inputs reuse ids (e.g. {[r['id'] for r in dup_ids]}); ids must be unique")
         t.done("input_check")
@@ -195,6 +200,7 @@ def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedu
         clusters.unpersist()
         if cache is not None:
             cache.unpersist()
+        shutil.rmtree(tmp / "_input", ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

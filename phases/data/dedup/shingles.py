@@ -230,6 +230,22 @@ class ShingleSets:
         inter = int(np.count_nonzero(kb[at] == ka))
         return inter / (len(ka) + len(kb) - inter)
 
+    def jaccards(self, i: int, js: list[int]) -> list[float | None]:
+        """:meth:`jaccard` of text i with each of ``js``, in one pass of numpy over their keys."""
+        if i in self.unsure or not js:
+            return [None] * len(js)
+        ka = self.keys[self.bounds[i]:self.bounds[i + 1]]
+        lo, hi = self.bounds[js], self.bounds[np.asarray(js) + 1]
+        sizes = hi - lo
+        if not len(ka):
+            return [None if j in self.unsure else 0.0 for j in js]
+        starts = np.repeat(lo - (np.cumsum(sizes) - sizes), sizes)  # each member's keys, gathered in one take
+        kb = self.keys[starts + np.arange(int(sizes.sum()))]
+        at = np.minimum(np.searchsorted(ka, kb), len(ka) - 1)
+        inter = np.bincount(np.repeat(np.arange(len(js)), sizes)[ka[at] == kb], minlength=len(js))
+        union = len(ka) + sizes - inter
+        return [None if j in self.unsure else (float(x / u) if n else 0.0) for j, x, u, n in zip(js, inter, union, sizes)]
+
 
 # Texts are hashed in slices of about this many bytes: the vectorized hashing runs ~1.7x slower once a
 # slice's arrays outgrow the caches (measured: 9.7k docs/s per core in slices of 2,000 3.4 KB documents,

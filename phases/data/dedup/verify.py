@@ -21,6 +21,7 @@ path: every pair of every bucket, joined to both texts (quadratic in a bucket, n
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 from phases.config import NearDedupConfig
@@ -34,14 +35,19 @@ EDGE_SCHEMA = "a string, b string, jaccard double"
 GROUPED_BUCKETS = 1_000_000
 # ... unless a group holds more documents than this (one task would hold all its texts).
 MAX_GROUP_DOCS = 20_000
+# Most members verified against one document at once (chunks grow from 4): one numpy pass per chunk,
+# and small first chunks let an early link make the other members connected (skipped).
+LINK_CHUNK = 64
 
 
-def link_buckets(buckets: list[list[str]], similarity: Callable[[str, str], float], threshold: float,
+def link_buckets(buckets: list[list[str]], similarities: Callable[[str, list[str]], list[float]], threshold: float,
                  cluster: Callable[[str], str | None] = lambda i: None) -> tuple[list[tuple[str, str, float]], int]:
     """(verified edges (a, b, jaccard), Jaccards computed) that connect the members of ``buckets`` as
     verifying all their pairs would (see the module docstring).
 
-    ``cluster``: the stored cluster of an indexed document, None for a new one.
+    ``similarities(x, ys)``: the Jaccards of x with each of ys. ``cluster``: the stored cluster of an
+    indexed document, None for a new one. A bucket's representative is its member found in the most
+    buckets (the original of a cluster of copies is close to all of them), then the smallest id.
     """
     parent: dict[str, str] = {}
 
@@ -54,32 +60,42 @@ def link_buckets(buckets: list[list[str]], similarity: Callable[[str, str], floa
 
     for i in sorted({i for ids in buckets for i in ids if cluster(i) is not None}):
         parent[find(i)] = find("\0" + cluster(i))  # one stored cluster is one node
+    seen = Counter(i for ids in buckets for i in ids)
     computed: dict[tuple[str, str], float] = {}
     edges = []
 
-    def linked(x, y) -> bool:
-        if find(x) == find(y):
-            return True
-        if cluster(x) is not None and cluster(y) is not None:
-            return False
-        pair = (x, y) if x < y else (y, x)
-        if pair not in computed:
-            computed[pair] = similarity(*pair)
-        if computed[pair] < threshold:
-            return False
-        parent[find(x)] = find(y)
-        edges.append((*pair, computed[pair]))
-        return True
+    def link(x, ys) -> list[str]:
+        """Verifies x against those of ys it is not connected to (in chunks: the first links make the
+        rest connected); returns the ys left unconnected."""
+        left, at, size = [], 0, 4
+        while at < len(ys):
+            chunk, at, size = ys[at:at + size], at + size, min(2 * size, LINK_CHUNK)
+            todo = [y for y in chunk if find(y) != find(x) and (cluster(x) is None or cluster(y) is None)]
+            new = [y for y in todo if _pair(x, y) not in computed]
+            for y, j in zip(new, similarities(x, new) if new else []):
+                computed[_pair(x, y)] = j
+            for y in todo:
+                if find(y) == find(x):
+                    continue
+                if computed[_pair(x, y)] >= threshold:
+                    parent[find(y)] = find(x)
+                    edges.append((*_pair(x, y), computed[_pair(x, y)]))
+                else:
+                    left.append(y)
+        return left
 
     for ids in buckets:
-        rep = next((i for i in ids if cluster(i) is None), None)
-        if rep is None:
+        fresh = [i for i in ids if cluster(i) is None]
+        if not fresh:
             continue
-        for f in [x for x in ids if x != rep and not linked(rep, x)]:
-            for y in ids:
-                if y != f:
-                    linked(f, y)
+        rep = min(fresh, key=lambda i: (-seen[i], i))
+        for f in link(rep, [y for y in ids if y != rep]):
+            link(f, [y for y in ids if y != f])
     return edges, len(computed)
+
+
+def _pair(x: str, y: str) -> tuple[str, str]:
+    return (x, y) if x < y else (y, x)
 
 
 def _verify_groups(group_buckets: dict[str, list], params: NearDedupConfig):
@@ -121,13 +137,15 @@ def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
     sub = text.take(pa.array(np.array([row[i] for i in docs], dtype=np.int64)))
     sets = ShingleSets(sub, params.ngram)
 
-    def similarity(x, y):
-        j = sets.jaccard(local[x], local[y])
-        if j is None:  # not provably exact by keys: Python sets
-            j = jaccard(shingle_tuples(sub[local[x]].as_py() or "", params.ngram), shingle_tuples(sub[local[y]].as_py() or "", params.ngram))
-        return j
+    def exact(i):
+        return shingle_tuples(sub[local[i]].as_py() or "", params.ngram)
 
-    edges, computed = link_buckets(buckets, similarity, params.threshold, lambda i: stored[row[i]])
+    def similarities(x, ys):
+        js = sets.jaccards(local[x], [local[y] for y in ys])
+        # A pair that the keys cannot prove exact (a 64-bit collision) is recomputed from Python sets.
+        return [j if j is not None else jaccard(exact(x), exact(y)) for y, j in zip(ys, js)]
+
+    edges, computed = link_buckets(buckets, similarities, params.threshold, lambda i: stored[row[i]])
     a, b, j = (list(c) for c in zip(*edges)) if edges else ([], [], [])
     return pa.RecordBatch.from_arrays([pa.array(a + [None], pa.string()), pa.array(b + [None], pa.string()),
                                        pa.array(j + [float(computed)], pa.float64())], names=["a", "b", "jaccard"])

@@ -153,6 +153,7 @@ def test_shingle_sets_jaccard_is_exact(ngram):
     for i in range(len(texts)):
         for j in range(i, len(texts)):
             assert sets.jaccard(i, j) == jaccard(ref[i], ref[j]), (texts[i], texts[j])
+        assert sets.jaccards(i, list(range(len(texts)))) == [jaccard(ref[i], r) for r in ref]  # one against many
 
 
 @pytest.mark.parametrize("keys", [0xF, 0xFFF])
@@ -168,6 +169,8 @@ def test_shingle_sets_never_trust_a_key_collision(monkeypatch, keys):
     sets = minhash.ShingleSets(texts, 3)
     ref = [minhash.shingle_tuples(t, 3) for t in texts]
     answers = [(sets.jaccard(i, j), jaccard(ref[i], ref[j])) for i in range(len(texts)) for j in range(len(texts))]
+    assert [sets.jaccards(i, list(range(len(texts)))) for i in range(len(texts))] == [
+        [sets.jaccard(i, j) for j in range(len(texts))] for i in range(len(texts))]
     assert any(got is None for got, _ in answers)  # collisions were caught
     assert all(got is None or got == want for got, want in answers)
 
