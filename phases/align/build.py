@@ -144,7 +144,7 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
             stage_sink.log_params(sft_params(cfg))
             history: list[dict[str, float]] = []
             started = time.perf_counter()
-            figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval, str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
+            figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval[: cfg.eval_rows], str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
             figures["seconds"] = time.perf_counter() - started
             figures["first_loss"] = next((h["train/loss"] for h in history if "train/loss" in h), None)
             finish_stage("sft", stage_sink, figures, model)
@@ -159,7 +159,7 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
             with nested(sink, "reward") as stage_sink:
                 stage_sink.log_params(stage_params(cfg, "reward"))
                 started = time.perf_counter()
-                reward_model, figures = reward.run(cfg, sft_dir, tokenizer, pref_data.train, pref_data.eval, str(scratch / "reward"),
+                reward_model, figures = reward.run(cfg, sft_dir, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "reward"),
                                                    [sink_callback(stage_sink, "reward", [])])
                 figures["seconds"] = time.perf_counter() - started
                 stage_sink.log_metrics({f"reward/{k}": v for k, v in figures.items()})
@@ -175,7 +175,7 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
             with nested(sink, "dpo") as stage_sink:
                 stage_sink.log_params(stage_params(cfg, "dpo"))
                 started = time.perf_counter()
-                figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval, str(scratch / "dpo"),
+                figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "dpo"),
                                          [sink_callback(stage_sink, "dpo", [])])
                 figures["seconds"] = time.perf_counter() - started
                 finish_stage("dpo", stage_sink, figures, model)

@@ -17,34 +17,46 @@ from phases.align.tracking import common_args, unpatched_print, without_printer
 from phases.config import AlignConfig
 
 
-def completion_logps(model, tokenizer, rows: list[dict[str, Any]], key: str) -> list[float]:
-    """Summed log-probability of each row's ``key`` turn given its prompt (chat template applied)."""
+def completion_logps(model, tokenizer, rows: list[dict[str, Any]], key: str, batch_size: int = 8) -> list[float]:
+    """Summed log-probability of each row's ``key`` turn given its prompt (chat template applied).
+
+    Batched with right padding: each row's completion tokens are those after its own prompt,
+    up to its own length, so padding never enters a sum.
+    """
     import torch
 
     out: list[float] = []
     was_training = model.training
     model.eval()
+    pad = tokenizer.pad_token_id
     with torch.inference_mode():
-        for row in rows:
-            prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-            full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=True, return_dict=True)["input_ids"]
-            ids = torch.tensor([full])
-            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-            targets = ids[0, 1:]
-            token_logps = logps.gather(-1, targets[:, None])[:, 0]
-            out.append(float(token_logps[len(prompt) - 1 :].sum()))
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            prompts = [len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for r in batch]
+            fulls = [tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True)["input_ids"] for r in batch]
+            width = max(map(len, fulls))
+            ids = torch.tensor([f + [pad] * (width - len(f)) for f in fulls])
+            mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fulls])
+            logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+            token_logps = logps.gather(-1, ids[:, 1:, None])[..., 0]
+            for i, (n_prompt, full) in enumerate(zip(prompts, fulls)):
+                out.append(float(token_logps[i, n_prompt - 1 : len(full) - 1].sum()))
     model.train(was_training)
     return out
 
 
-def preference_accuracy(model, tokenizer, rows, ref_model=None) -> dict[str, float]:
-    """Held-out accuracies and mean margin (see the module docstring)."""
-    chosen, rejected = completion_logps(model, tokenizer, rows, "chosen"), completion_logps(model, tokenizer, rows, "rejected")
-    n = len(rows)
+def preference_logps(model, tokenizer, rows) -> tuple[list[float], list[float]]:
+    return completion_logps(model, tokenizer, rows, "chosen"), completion_logps(model, tokenizer, rows, "rejected")
+
+
+def preference_accuracy(logps: tuple[list[float], list[float]], ref_logps: tuple[list[float], list[float]] | None = None) -> dict[str, float]:
+    """Held-out accuracies and mean log-prob margin (see the module docstring)."""
+    chosen, rejected = logps
+    n = len(chosen)
     result = {"pref_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
               "logp_margin": sum(c - r for c, r in zip(chosen, rejected)) / n, "n": n}
-    if ref_model is not None:
-        ref_c, ref_r = completion_logps(ref_model, tokenizer, rows, "chosen"), completion_logps(ref_model, tokenizer, rows, "rejected")
+    if ref_logps is not None:
+        ref_c, ref_r = ref_logps
         result["implicit_accuracy"] = sum((c - rc) > (r - rr) for c, rc, r, rr in zip(chosen, ref_c, rejected, ref_r)) / n
     return result
 
@@ -80,16 +92,15 @@ def make_trainer(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out,
 
 
 def run(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out, scratch: str, callbacks=()) -> dict[str, Any]:
-    before = preference_accuracy(model, tokenizer, held_out)
-    trainer = make_trainer(cfg, model, ref_model, tokenizer, train, held_out, scratch, callbacks)
+    """Train; held-out figures before (the SFT model, which is also the reference) and after."""
+    ref_logps = preference_logps(model, tokenizer, held_out)  # model == the reference's weights here
+    before = preference_accuracy(ref_logps)
+    trainer = make_trainer(cfg, model, ref_model, tokenizer, train, None, scratch, callbacks)
     result = trainer.train()
-    metrics = trainer.evaluate()
-    after = preference_accuracy(trainer.model, tokenizer, held_out, ref_model)
+    after = preference_accuracy(preference_logps(trainer.model, tokenizer, held_out), ref_logps)
     return {
         "pref_accuracy_before": before["pref_accuracy"], "pref_accuracy_after": after["pref_accuracy"],
         "logp_margin_before": before["logp_margin"], "logp_margin_after": after["logp_margin"],
         "implicit_accuracy": after["implicit_accuracy"], "held_out": after["n"],
-        "eval_rewards_accuracies": float(metrics.get("eval_rewards/accuracies", float("nan"))),
-        "eval_rewards_margins": float(metrics.get("eval_rewards/margins", float("nan"))),
         "steps": int(result.global_step), "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
     }

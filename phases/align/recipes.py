@@ -1,16 +1,28 @@
-"""Instruction pairs derived from the corpus itself: signature -> first docstring sentence.
+"""Alignment data derived from the corpus itself: the documented default recipe.
 
 The corpus has no human-written instructions, but the Python sources in it document
-themselves: every public function with a docstring gives a (prompt, completion) pair
-``"def join(a, *p):\\n"`` -> ``" Join two or more pathname components, ..."``. Teaching the
-model to answer a signature with its summary is a small, checkable supervised task.
+themselves. The recipe (used when ``align.sft_data`` / ``align.preference_data`` are unset):
 
-Pure Python (``ast``, ``random``): no heavy library, so every step is unit-testable.
+1. every public, documented function or method of every train document that parses as
+   Python gives a :class:`FunctionDoc`: its qualified name ``module.Class.func`` (the module
+   named after the document id, :func:`module_name`) and the first sentence of its docstring;
+   the same (name, summary) in two files is kept once; documents are visited in id order;
+2. at most ``align.num_pairs`` of them, a seeded sample kept in corpus order (:func:`sample_pairs`);
+3. instruction (:func:`instruction_rows`): user "What does `posixpath.join` do?" ->
+   assistant "Join two or more pathname components, inserting '/' as needed.";
+4. preference (:func:`preference_rows`): the same prompt, the right summary chosen, the
+   summary of another function (a seeded draw among those with a different summary) rejected;
+5. split (:func:`is_held_out`): a function is held out when sha1 of its qualified name falls
+   in the first ``align.eval_fraction`` of the hash space, so the split does not move when the
+   sample or the seed changes, and no held-out function is seen in training by any stage.
+
+Pure Python (``ast``, ``random``, ``hashlib``): no heavy library, so every step is unit-testable.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import random
 import re
 import warnings
@@ -25,7 +37,8 @@ _MAX_COMPLETION_CHARS = 300  # longer "first sentences" are usually prose paragr
 
 @dataclass
 class PairStats:
-    """What the derivation saw: reported as params so an empty result can be explained."""
+    """What the derivation saw: reported as params so an empty result can be explained.
+    (``pairs_*`` count functions: one instruction and one preference row each.)"""
 
     docs_seen: int = 0
     docs_parsed: int = 0
@@ -72,78 +85,12 @@ def parse_python(text: str) -> ast.Module | None:
             return None
 
 
-def pairs_from_module(tree: ast.Module, stats: PairStats | None = None) -> Iterator[dict[str, str]]:
-    """One pair per public, documented function or method, in source order."""
-    stats = stats if stats is not None else PairStats()
-    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    # ast.walk is breadth-first; sort by position so pairs follow the file.
-    for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
-        stats.functions_seen += 1
-        if node.name.startswith("_"):  # private helpers and dunders: not a public contract
-            continue
-        doc = ast.get_docstring(node, clean=True)
-        summary = first_sentence(doc) if doc else ""
-        if not summary:
-            continue
-        stats.functions_documented += 1
-        # The leading space makes the completion a separate token run after the newline,
-        # so the tokenized prompt stays a prefix of prompt+completion.
-        yield {"prompt": signature_line(node) + "\n", "completion": " " + summary}
-
-
-def derive_pairs(docs: Iterable[dict[str, Any]], num_pairs: int, seed: int) -> tuple[list[dict[str, str]], PairStats]:
-    """Pairs from every document that parses as Python; at most ``num_pairs``, seeded.
-
-    ``docs`` are rows with ``id`` and ``text``. Documents are visited in id order and
-    duplicate pairs (the same function in two files) are kept once, so the result depends
-    only on the corpus content, the cap and the seed.
-    """
-    stats = PairStats()
-    pairs: list[dict[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for doc in sorted(docs, key=lambda d: str(d["id"])):
-        stats.docs_seen += 1
-        tree = parse_python(doc["text"])
-        if tree is None:
-            stats.docs_failed += 1
-            kind = str(doc.get("source", "unknown"))
-            stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
-            continue
-        stats.docs_parsed += 1
-        for pair in pairs_from_module(tree, stats):
-            key = (pair["prompt"], pair["completion"])
-            if key not in seen:
-                seen.add(key)
-                pairs.append(pair)
-    stats.pairs_unique = len(pairs)
-    pairs = sample_pairs(pairs, num_pairs, seed)
-    stats.pairs_kept = len(pairs)
-    return pairs, stats
-
-
-def sample_pairs(pairs: list[dict[str, str]], num_pairs: int, seed: int) -> list[dict[str, str]]:
-    """At most ``num_pairs`` pairs, a seeded sample kept in corpus order (stable diffs of pairs.jsonl)."""
+def sample_pairs(pairs: list, num_pairs: int, seed: int) -> list:
+    """At most ``num_pairs`` items, a seeded sample kept in corpus order (stable diffs of the row files)."""
     if len(pairs) <= num_pairs:
         return list(pairs)
     keep = sorted(random.Random(seed).sample(range(len(pairs)), num_pairs))
     return [pairs[i] for i in keep]
-
-
-# --------------------------------------------------------------------------- chat data
-#
-# The documented default recipe (``align.sft_data`` / ``align.preference_data`` unset):
-# 1. every public, documented function or method of every train document that parses as
-#    Python gives a :class:`FunctionDoc` (qualified name ``module.Class.func``, the module
-#    named after the document id's last path component), duplicates kept once;
-# 2. at most ``num_pairs`` of them, a seeded sample (:func:`sample_pairs`);
-# 3. instruction: user "What does `posixpath.join` do?" -> assistant: the first docstring sentence;
-# 4. preference: the same prompt, the right summary as chosen, the summary of another function
-#    (a seeded draw among those with a different summary) as rejected;
-# 5. split: a function is held out when sha1(qualified name) falls in the first ``eval_fraction``
-#    of the hash space, so the split does not move when the sample or the seed changes, and no
-#    held-out function is ever seen in training, by SFT or by the preference stages.
-
-import hashlib  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -188,11 +135,19 @@ def functions_from_module(tree: ast.Module, module: str, stats: PairStats | None
 
 
 def derive_functions(docs: Iterable[dict[str, Any]], num_pairs: int, seed: int) -> tuple[list[FunctionDoc], PairStats]:
-    """Documented functions of every document that parses as Python: at most ``num_pairs``, seeded."""
+    """Documented functions of the documents that parse as Python: at most ``num_pairs``, seeded.
+
+    Parsing is the cost (ast.parse of ~17 MB of stdlib takes ~11 s on one core), so documents
+    are visited in a seeded hash order and the visit stops once ``2 * num_pairs`` distinct
+    functions are found; the sample is then drawn from those, in corpus (id, source) order.
+    The result depends only on the corpus content, the cap and the seed.
+    """
     stats = PairStats()
-    fns: list[FunctionDoc] = []
-    seen: set[tuple[str, str]] = set()
-    for doc in sorted(docs, key=lambda d: str(d["id"])):
+    found: dict[tuple[str, str], tuple[str, int, FunctionDoc]] = {}
+    order = sorted(docs, key=lambda d: hashlib.sha1(f"{seed}:{d['id']}".encode()).digest())
+    for doc in order:
+        if len(found) >= 2 * num_pairs:
+            break
         stats.docs_seen += 1
         tree = parse_python(doc["text"])
         if tree is None:
@@ -201,10 +156,11 @@ def derive_functions(docs: Iterable[dict[str, Any]], num_pairs: int, seed: int) 
             stats.failures_by_kind[kind] = stats.failures_by_kind.get(kind, 0) + 1
             continue
         stats.docs_parsed += 1
-        for fn in functions_from_module(tree, module_name(doc["id"]), stats):
-            if (fn.qualname, fn.summary) not in seen:
-                seen.add((fn.qualname, fn.summary))
-                fns.append(fn)
+        for i, fn in enumerate(functions_from_module(tree, module_name(doc["id"]), stats)):
+            key = (fn.qualname, fn.summary)
+            if key not in found or str(doc["id"]) < found[key][0]:  # the same copy whichever is visited first
+                found[key] = (str(doc["id"]), i, fn)
+    fns = [fn for _, _, fn in sorted(found.values(), key=lambda t: (t[0], t[1]))]
     stats.pairs_unique = len(fns)
     fns = sample_pairs(fns, num_pairs, seed)
     stats.pairs_kept = len(fns)

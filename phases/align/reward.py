@@ -34,15 +34,20 @@ def load_reward_model(sft_dir: Path, tokenizer):
     return model
 
 
-def scores(model, tokenizer, rows: list[dict[str, Any]], key: str) -> list[float]:
+def scores(model, tokenizer, rows: list[dict[str, Any]], key: str, batch_size: int = 8) -> list[float]:
+    """The reward of each row's prompt + ``key`` turn (batched; the head reads the last non-pad token)."""
     import torch
 
-    out = []
+    out: list[float] = []
     model.eval()
+    pad = tokenizer.pad_token_id
     with torch.inference_mode():
-        for row in rows:
-            enc = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=True, return_dict=True, return_tensors="pt")
-            out.append(float(model(input_ids=enc["input_ids"]).logits[0, 0]))
+        for start in range(0, len(rows), batch_size):
+            fulls = [tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True)["input_ids"] for r in rows[start : start + batch_size]]
+            width = max(map(len, fulls))
+            ids = torch.tensor([f + [pad] * (width - len(f)) for f in fulls])
+            mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fulls])
+            out += [float(v) for v in model(input_ids=ids, attention_mask=mask).logits[:, 0]]
     return out
 
 

@@ -32,7 +32,7 @@ def test_dpo_logs_trl_metrics_in_its_own_stage(dpo_run):
     _, sink, _ = dpo_run
     assert set(sink.children) == {"sft", "reward", "dpo"}
     dpo = sink.children["dpo"]
-    for key in ("rewards/accuracies", "rewards/margins", "train/loss", "eval/rewards/accuracies"):
+    for key in ("rewards/accuracies", "rewards/margins", "train/loss", "dpo/implicit_accuracy"):
         assert dpo.series(key), key
     assert dpo.params["dpo_beta"] == 0.1 and "dpo_beta" not in sink.children["sft"].params
 

@@ -103,5 +103,6 @@ def test_aligned_model_feeds_inference(sft_run, tmp_path):
     from phases.inference.build import build as generate
 
     _, _, out = sft_run
-    summary = generate(InferenceConfig(max_new_tokens=4, batch_size=2), {"align": toy_artifacts.ref("align", out)}, tmp_path, ListSink())
-    assert summary["num_prompts"] == len(InferenceConfig().prompts)
+    cfg = InferenceConfig(prompts=("def join(a, *p):", "What does `posixpath.join` do?"), max_new_tokens=4, batch_size=2)
+    summary = generate(cfg, {"align": toy_artifacts.ref("align", out)}, tmp_path, ListSink())
+    assert summary["num_prompts"] == 2
