@@ -265,19 +265,39 @@ class AlignConfig(Section):
 
 
 class InferenceConfig(Section):
-    """Phase 5: sampling from the aligned model."""
+    """Phase 5: batch sampling from the aligned model, best-of-N against its reward model, int8 quantization.
 
-    prompts: tuple[str, ...] = Field(
-        ("def read_config(path):", "The license grants", "import os\n", "# Installation\n"),
-        min_length=1,
-        description="Prompts to complete.",
-    )
-    max_new_tokens: int = Field(48, ge=1, description="Tokens to generate per prompt.")
-    temperature: float = Field(0.8, gt=0, le=5, description="Sampling temperature.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=0, description="Top-k sampling (0 disables).")
-    batch_size: int = Field(4, ge=1, description="Prompts per generate() call.")
-    seed: int = Field(0, description="Sampling seed.")
+    The sampling fields are also the flags of ``lifecycle generate`` (validated here alike).
+    """
+
+    prompts: tuple[str, ...] = Field((), description="Literal prompts; empty: prompts_file, else the align phase's held-out chat prompts (sft_eval.jsonl).")
+    prompts_file: str | None = Field(None, description="JSONL of prompts, one a line: {\"prompt\": text} or {\"messages\": [...]} (the last assistant turn is dropped).")
+    num_prompts: int = Field(16, ge=1, le=10_000, description="Most prompts taken from the file (in file order).")
+    chat: bool = Field(True, description="Wrap plain-text prompts in the tokenizer's chat template as one user turn (message rows always are).")
+    greedy: bool = Field(False, description="Greedy decoding (argmax); the sampling fields below are then ignored.")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Most tokens to generate per completion.")
+    temperature: float = Field(0.8, gt=0, le=5, description="Sampling temperature (> 0; use greedy for argmax).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 disables.")
+    top_k: int = Field(0, ge=0, le=100_000, description="Top-k sampling (0 disables).")
+    min_p: float = Field(0.0, ge=0, lt=1, description="Min-p sampling: drop tokens below min_p x the top probability (0 disables).")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="CTRL repetition penalty (1 disables, > 1 discourages repeats).")
+    stop: tuple[str, ...] = Field((), max_length=8, description="Stop strings: a completion ends at (and includes) the first one it produces.")
+    num_return_sequences: int = Field(1, ge=1, le=64, description="Samples per prompt.")
+    batch_size: int = Field(4, ge=1, le=256, description="Prompts per generate() call.")
+    seed: int = Field(0, ge=0, description="Sampling seed (the same config gives the same text).")
+    best_of: int = Field(4, ge=1, le=64, description="Best-of-N: sample N completions per prompt, keep the reward model's favourite (1 disables).")
+    quantize: bool = Field(True, description="Quantize the linear layers to int8, save the model and compare size, speed and perplexity with fp32.")
+    table_rows: int = Field(16, ge=0, le=1000, description="Rows of the sample table logged to MLflow.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "InferenceConfig":
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        if any(not p.strip() for p in self.prompts):
+            raise ValueError("prompts must not be empty")
+        if self.greedy and self.num_return_sequences > 1:
+            raise ValueError(f"greedy decoding gives one completion per prompt; set num_return_sequences=1 (got {self.num_return_sequences}) or sample")
+        return self
 
 
 class EvaluateConfig(Section):

@@ -134,3 +134,34 @@ def make_packed_dir(root: Path, model_dir: Path, data_dir: Path, seq_len: int = 
 
 def ref(phase: str, path: Path) -> PhaseRef:
     return PhaseRef(phase=phase, key="toy", uri=str(Path(path).resolve()), fingerprint=f"toy-{phase}")
+
+
+HELD_OUT_CHATS = [
+    [{"role": "user", "content": "What does posixpath.join do?"}, {"role": "assistant", "content": "It joins path components with a slash."}],
+    [{"role": "user", "content": "Write a function that adds two numbers."}, {"role": "assistant", "content": "def add(a, b):\n    return a + b"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is a licence?"}, {"role": "assistant", "content": "Terms for using software."}],
+    [{"role": "user", "content": "How do I install the package?"}, {"role": "assistant", "content": "Run pip install with its name."}],
+    [{"role": "user", "content": "What does textwrap.dedent return?"}, {"role": "assistant", "content": "The text with common leading whitespace removed."}],
+]
+
+
+def make_align_dir(root: Path, data_dir: Path, reward_model: bool = True, seed: int = 0) -> Path:
+    """What the align phase publishes: the model + tokenizer at the top, ``sft_eval.jsonl``, and
+    (as for align.method grpo/rloo) a one-logit ``reward_model/`` (random here) with its tokenizer."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    root = make_model_dir(root, data_dir, seed=seed)
+    with (root / "sft_eval.jsonl").open("w") as f:
+        for messages in HELD_OUT_CHATS:
+            f.write(json.dumps({"messages": messages}) + "\n")
+    if reward_model:
+        tokenizer = AutoTokenizer.from_pretrained(root)
+        config = LlamaConfig.from_pretrained(root)
+        config.num_labels = 1
+        torch.manual_seed(seed + 1)
+        LlamaForSequenceClassification(config).save_pretrained(root / "reward_model")
+        tokenizer.save_pretrained(root / "reward_model")
+    return root
