@@ -4,7 +4,7 @@ Layout of one run's checkpoint directory (see :func:`checkpoint_dir`)::
 
     <root>/<run id>/latest.json            the newest *complete* checkpoint (written last, atomically)
     <root>/<run id>/g<gen>-step<NNNNNNN>/   DeepSpeed's files (engine.save_checkpoint) plus
-        rng_rank<r>.pt                      python/numpy/torch RNG states of rank r
+        rng_rank<r>.json                    python/numpy/torch RNG states of rank r (JSON: nothing is unpickled)
         lifecycle.json                      the run state as JSON (step, data position, losses, data digest)
 
 The run id hashes what fixes the training trajectory (the pretrain section minus
@@ -147,7 +147,7 @@ def restore(engine, plan: dict[str, Any], rank: int) -> RunState:
         return fresh
     state = RunState(**client[CLIENT_KEY])
     state.resumed_from = f"resume:{tag}"
-    set_rng_state(_torch_load(Path(ckpt_dir) / tag / f"rng_rank{rank}.pt"))
+    set_rng_state(read_rng_state(Path(ckpt_dir) / tag, rank))
     return state
 
 
@@ -164,12 +164,10 @@ class Saver:
         self.save(state)
 
     def save(self, state: RunState) -> None:
-        import torch
-
         rank = self.dist.get_rank()
         tag = f"g{state.generation}-step{state.step:07d}"
         (self.dir / tag).mkdir(parents=True, exist_ok=True)
-        torch.save(get_rng_state(), self.dir / tag / f"rng_rank{rank}.pt")
+        _write_json(self.dir / tag / f"rng_rank{rank}.json", get_rng_state())
         record = {k: v for k, v in asdict(state).items() if k != "resumed_from"}
         # Collective: every rank writes its ZeRO shard, and the call ends with a barrier.
         self.engine.save_checkpoint(str(self.dir), tag, client_state={CLIENT_KEY: record}, save_latest=False)
@@ -190,12 +188,16 @@ class Saver:
 
 
 def get_rng_state() -> dict[str, Any]:
+    """Every RNG's state as plain JSON values (a checkpoint never needs unpickling to resume)."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -203,17 +205,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _torch_load(path: Path):
-    import torch
-
-    return torch.load(path, weights_only=False)  # our own file: numpy and python RNG tuples are not tensors
+def read_rng_state(tag_dir: Path, rank: int) -> dict[str, Any]:
+    path = Path(tag_dir) / f"rng_rank{rank}.json"
+    if not path.is_file():
+        raise DataError(f"checkpoint {tag_dir} has no {path.name} (an older version kept RNG states in a pickle, "
+                        "which is no longer loaded); set pretrain.resume=never to train from scratch")
+    return json.loads(path.read_text())
 
 
 def _write_json(path: Path, obj: Any) -> None:
