@@ -11,7 +11,9 @@ after each stage (:mod:`phases.align.capability`).
 ``out`` receives exactly: the aligned model and tokenizer (top level, what inference and
 evaluate load), ``sft_train.jsonl`` / ``sft_eval.jsonl`` / ``preference_train.jsonl`` /
 ``preference_eval.jsonl``, ``quarantine.jsonl``, ``capability.json``, ``samples.json``,
-``stages.json`` and, for grpo/rloo (or ``align.reward_model``), ``reward_model/``.
+``stages.json``, for grpo/rloo (or ``align.reward_model``) ``reward_model/``, and with
+``align.lora`` the LoRA adapters of SFT and DPO in ``adapters/<stage>/`` (the published
+model has them merged).
 Trainer scratch stays in a temporary directory.
 """
 
@@ -27,7 +29,7 @@ from typing import Any, Mapping
 from phases.align import data as D
 from phases.align.capability import CapabilityCheck, validation_rows
 from phases.align.recipes import PairStats, derive_functions, instruction_rows, preference_rows
-from phases.align.tracking import generate_samples, quiet_libraries, sink_callback
+from phases.align.tracking import export_adapter, generate_samples, quiet_libraries, sink_callback
 from phases.config import AlignConfig
 from phases.data.io import read_split
 from phases.env import offline_env
@@ -144,9 +146,10 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
             stage_sink.log_params(sft_params(cfg))
             history: list[dict[str, float]] = []
             started = time.perf_counter()
-            figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval[: cfg.eval_rows], str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
+            model, figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval[: cfg.eval_rows], str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
             figures["seconds"] = time.perf_counter() - started
             figures["first_loss"] = next((h["train/loss"] for h in history if "train/loss" in h), None)
+            model = export_adapter(model, out / "adapters" / "sft")
             finish_stage("sft", stage_sink, figures, model)
         sft_dir = scratch / "sft-model"
         model.save_pretrained(sft_dir)
@@ -171,13 +174,14 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
         if cfg.method == "dpo":
             from phases.align import preference
 
-            ref_model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
+            ref_model = None if cfg.lora else AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
             with nested(sink, "dpo") as stage_sink:
                 stage_sink.log_params(stage_params(cfg, "dpo"))
                 started = time.perf_counter()
-                figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "dpo"),
+                model, figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "dpo"),
                                          [sink_callback(stage_sink, "dpo", [])])
                 figures["seconds"] = time.perf_counter() - started
+                model = export_adapter(model, out / "adapters" / "dpo")
                 finish_stage("dpo", stage_sink, figures, model)
         elif cfg.method in ("grpo", "rloo"):
             import copy

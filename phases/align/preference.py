@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phases.align.tracking import common_args, unpatched_print, without_printer
+from phases.align.tracking import common_args, peft_config, unpatched_print, without_printer
 from phases.config import AlignConfig
 
 
@@ -78,10 +78,13 @@ def make_trainer(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out,
     def dataset(rows):
         return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
 
+    peft = peft_config(cfg)
     with unpatched_print():
         trainer = DPOTrainer(
             model=model,
-            ref_model=ref_model,
+            # With LoRA the reference is the base with the adapter switched off: the SFT weights.
+            ref_model=None if peft is not None else ref_model,
+            peft_config=peft,
             args=dpo_args(cfg, output_dir),
             train_dataset=dataset(train),
             eval_dataset=dataset(held_out) if held_out else None,
@@ -91,14 +94,14 @@ def make_trainer(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out,
     return without_printer(trainer)
 
 
-def run(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out, scratch: str, callbacks=()) -> dict[str, Any]:
+def run(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out, scratch: str, callbacks=()) -> tuple[Any, dict[str, Any]]:
     """Train; held-out figures before (the SFT model, which is also the reference) and after."""
     ref_logps = preference_logps(model, tokenizer, held_out)  # model == the reference's weights here
     before = preference_accuracy(ref_logps)
     trainer = make_trainer(cfg, model, ref_model, tokenizer, train, None, scratch, callbacks)
     result = trainer.train()
     after = preference_accuracy(preference_logps(trainer.model, tokenizer, held_out), ref_logps)
-    return {
+    return trainer.model, {
         "pref_accuracy_before": before["pref_accuracy"], "pref_accuracy_after": after["pref_accuracy"],
         "logp_margin_before": before["logp_margin"], "logp_margin_after": after["logp_margin"],
         "implicit_accuracy": after["implicit_accuracy"], "held_out": after["n"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phases.align.tracking import common_args, unpatched_print, without_printer
+from phases.align.tracking import common_args, peft_config, unpatched_print, without_printer
 from phases.config import AlignConfig
 
 
@@ -42,15 +42,16 @@ def make_trainer(cfg: AlignConfig, model, tokenizer, train: list[dict[str, Any]]
             eval_dataset=dataset(held_out) if held_out else None,
             processing_class=tokenizer,
             callbacks=list(callbacks),
+            peft_config=peft_config(cfg),
         )
     return without_printer(trainer)
 
 
-def run(cfg: AlignConfig, model, tokenizer, train, held_out, scratch: str, callbacks=()) -> dict[str, Any]:
-    """Train; returns the held-out loss before and after, and the step count."""
+def run(cfg: AlignConfig, model, tokenizer, train, held_out, scratch: str, callbacks=()) -> tuple[Any, dict[str, Any]]:
+    """Train; returns the trained model (a peft model when align.lora) and the held-out loss before and after."""
     trainer = make_trainer(cfg, model, tokenizer, train, held_out, scratch, callbacks)
     before = trainer.evaluate()["eval_loss"]
     result = trainer.train()
     after = trainer.evaluate()["eval_loss"]
-    return {"eval_loss_before": float(before), "eval_loss_after": float(after), "steps": int(result.global_step),
+    return trainer.model, {"eval_loss_before": float(before), "eval_loss_after": float(after), "steps": int(result.global_step),
             "train_loss": float(result.training_loss), "runtime_s": float(result.metrics.get("train_runtime", 0.0))}

@@ -42,6 +42,26 @@ def common_args(cfg, output_dir: str, *, max_steps: int, lr: float, batch_size: 
     )
 
 
+def peft_config(cfg):
+    """A LoRA config on every linear layer when ``align.lora`` is on, else None (full fine-tuning)."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules="all-linear")
+
+
+def export_adapter(model, adapter_dir):
+    """Save the LoRA adapter (when ``model`` is a peft model) and return the merged plain model."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    model.save_pretrained(adapter_dir)  # adapter_config.json + adapter_model.safetensors
+    return model.merge_and_unload()
+
+
 def sink_callback(sink: MetricsSink, stage: str, history: list[dict[str, float]]):
     """A TrainerCallback forwarding each log (TRL's metrics included) to the sink, one progress line each.
 
