@@ -23,6 +23,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -97,6 +98,98 @@ def held_out_prompts(sft: D.Split, n: int) -> list[list[dict[str, str]]]:
     return prompts
 
 
+@dataclass
+class Stages:
+    """The stages of one phase run: each trains in its own nested sink, then the capability check runs."""
+
+    cfg: AlignConfig
+    out: Path
+    scratch: Path
+    tokenizer: Any
+    sink: MetricsSink
+    check: CapabilityCheck
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def finish(self, name: str, stage_sink: MetricsSink, figures: dict[str, Any], started: float, model=None) -> None:
+        figures["seconds"] = time.perf_counter() - started
+        if model is not None:
+            row = self.check.measure(name, model)
+            figures.update({"val_perplexity": row["perplexity"], "ppl_rise": row["rise"]})
+        stage_sink.log_metrics({f"{name}/{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
+        self.figures[name] = figures
+        log.info("align %s done: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+        if model is not None:
+            msg = self.check.enforce(row)  # raises CapabilityError when on_ppl_rise=fail
+            if msg:
+                self.warnings.append(msg)
+
+    def sft(self, model, data: D.Split):
+        from phases.align import sft
+
+        with nested(self.sink, "sft") as stage_sink:
+            stage_sink.log_params(stage_params(self.cfg, "sft"))
+            history: list[dict[str, float]] = []
+            started = time.perf_counter()
+            model, figures = sft.run(self.cfg, model, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
+                                     str(self.scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
+            losses = [h["train/loss"] for h in history if "train/loss" in h]
+            figures.update({"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})
+            model = export_adapter(model, self.out / "adapters" / "sft")
+            self.finish("sft", stage_sink, figures, started, model)
+        return model
+
+    def reward(self, sft_dir: Path, data: D.Split):
+        from phases.align import reward
+
+        with nested(self.sink, "reward") as stage_sink:
+            stage_sink.log_params(stage_params(self.cfg, "reward"))
+            started = time.perf_counter()
+            model, figures = reward.run(self.cfg, sft_dir, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
+                                        str(self.scratch / "reward"), [sink_callback(stage_sink, "reward", [])])
+            self.finish("reward", stage_sink, figures, started)
+        model.save_pretrained(self.out / "reward_model")
+        self.tokenizer.save_pretrained(self.out / "reward_model")
+        return model
+
+    def dpo(self, model, sft_dir: Path, data: D.Split):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from phases.align import preference
+
+        # An explicit reference (TRL would look for one on the hub); with LoRA, the adapter-disabled base.
+        ref_model = None if self.cfg.lora else AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
+        with nested(self.sink, "dpo") as stage_sink:
+            stage_sink.log_params(stage_params(self.cfg, "dpo"))
+            started = time.perf_counter()
+            model, figures = preference.run(self.cfg, model, ref_model, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
+                                            str(self.scratch / "dpo"), [sink_callback(stage_sink, "dpo", [])])
+            model = export_adapter(model, self.out / "adapters" / "dpo")
+            self.finish("dpo", stage_sink, figures, started, model)
+        return model
+
+    def online(self, sft_dir: Path, reward_model, data: D.Split):
+        import copy
+
+        from phases.align import online
+
+        method = self.cfg.method
+        with nested(self.sink, method) as stage_sink:
+            stage_sink.log_params(stage_params(self.cfg, "online"))
+            started = time.perf_counter()
+            history: list[dict[str, float]] = []
+            # A copy: the trainer sets left padding on its tokenizer, the reward model reads right-padded rows.
+            model, figures = online.run(self.cfg, sft_dir, reward_model, copy.deepcopy(self.tokenizer), data.train,
+                                        str(self.scratch / method), [sink_callback(stage_sink, method, history)])
+            for key in ("reward", "kl", "completions/mean_length"):
+                values = [h[key] for h in history if key in h]
+                if values:
+                    figures[f"last_{key.replace('/', '_')}"] = values[-1]
+            self.finish(method, stage_sink, figures, started, model)
+        return model
+
+
 def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
     offline_env()
     quiet_libraries()
@@ -104,155 +197,95 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
     out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = load_tokenizer(model_dir)
-    sft_data, pref_data = load_data(cfg, data_dir, tokenizer, sink)
-    splits = [s for s in (sft_data, pref_data) if s is not None]
-    quarantined = D.write_quarantine(out / "quarantine.jsonl", splits)
-    for s in splits:
-        D.write_jsonl(out / f"{s.name}_train.jsonl", s.train)
-        D.write_jsonl(out / f"{s.name}_eval.jsonl", s.eval)
-        sink.log_params({f"align.data.{s.name}.source": s.source})
-        sink.log_metrics({f"align/data/{s.name}/{k}": v for k, v in s.counts().items()})
-        log.info("align data %s: %s (from %s)", s.name, s.counts(), s.source)
+    sft_data, pref_data = load_data(cfg, data_dir, tokenizer, sink)  # DataError here, before any training
+    quarantined = publish_data(out, [s for s in (sft_data, pref_data) if s is not None], sink)
 
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    check = CapabilityCheck(validation_rows([r["text"] for r in read_split(data_dir, "validation")], tokenizer, cfg.max_length, cfg.ppl_rows),
-                            cfg.max_ppl_rise, cfg.on_ppl_rise, batch_size=cfg.batch_size)
+    texts = [r["text"] for r in read_split(data_dir, "validation")]
+    check = CapabilityCheck(validation_rows(texts, tokenizer, cfg.max_length, cfg.ppl_rows), cfg.max_ppl_rise, cfg.on_ppl_rise, batch_size=cfg.batch_size)
     check.measure("pretrained", model)
     prompts = held_out_prompts(sft_data, cfg.num_samples)
     samples_before = generate_samples(model, tokenizer, prompts, cfg.sample_tokens)
 
-    stages: dict[str, dict[str, Any]] = {}
-    warnings: list[str] = []
-
-    def finish_stage(name: str, stage_sink: MetricsSink, figures: dict[str, Any], trained) -> None:
-        row = check.measure(name, trained)
-        figures.update({"val_perplexity": row["perplexity"], "ppl_rise": row["rise"]})
-        stage_sink.log_metrics({f"{name}/{k}": v for k, v in figures.items() if isinstance(v, (int, float))})
-        stages[name] = figures
-        log.info("align %s done: %s", name, {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
-        msg = check.enforce(row)  # raises CapabilityError when on_ppl_rise=fail
-        if msg:
-            warnings.append(msg)
-
     with tempfile.TemporaryDirectory(prefix="align-") as scratch:
-        scratch = Path(scratch)
-        # Stage 1: SFT
-        from phases.align import sft
-
-        with nested(sink, "sft") as stage_sink:
-            stage_sink.log_params(sft_params(cfg))
-            history: list[dict[str, float]] = []
-            started = time.perf_counter()
-            model, figures = sft.run(cfg, model, tokenizer, sft_data.train, sft_data.eval[: cfg.eval_rows], str(scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
-            figures["seconds"] = time.perf_counter() - started
-            figures["first_loss"] = next((h["train/loss"] for h in history if "train/loss" in h), None)
-            model = export_adapter(model, out / "adapters" / "sft")
-            finish_stage("sft", stage_sink, figures, model)
-        sft_dir = scratch / "sft-model"
+        stages = Stages(cfg, out, Path(scratch), tokenizer, sink, check)
+        model = stages.sft(model, sft_data)
+        sft_dir = Path(scratch) / "sft-model"  # the reference of DPO / GRPO / RLOO and the reward backbone
         model.save_pretrained(sft_dir)
         tokenizer.save_pretrained(sft_dir)
-
-        reward_model = None
-        if pref_data is not None and (cfg.method in ("grpo", "rloo") or cfg.reward_model):
-            from phases.align import reward
-
-            with nested(sink, "reward") as stage_sink:
-                stage_sink.log_params(stage_params(cfg, "reward"))
-                started = time.perf_counter()
-                reward_model, figures = reward.run(cfg, sft_dir, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "reward"),
-                                                   [sink_callback(stage_sink, "reward", [])])
-                figures["seconds"] = time.perf_counter() - started
-                stage_sink.log_metrics({f"reward/{k}": v for k, v in figures.items()})
-                stages["reward"] = figures
-                log.info("align reward done: %s", figures)
-            reward_model.save_pretrained(out / "reward_model")
-            tokenizer.save_pretrained(out / "reward_model")
-
+        reward_model = stages.reward(sft_dir, pref_data) if cfg.method in ("grpo", "rloo") or cfg.reward_model else None
         if cfg.method == "dpo":
-            from phases.align import preference
-
-            ref_model = None if cfg.lora else AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
-            with nested(sink, "dpo") as stage_sink:
-                stage_sink.log_params(stage_params(cfg, "dpo"))
-                started = time.perf_counter()
-                model, figures = preference.run(cfg, model, ref_model, tokenizer, pref_data.train, pref_data.eval[: cfg.eval_rows], str(scratch / "dpo"),
-                                         [sink_callback(stage_sink, "dpo", [])])
-                figures["seconds"] = time.perf_counter() - started
-                model = export_adapter(model, out / "adapters" / "dpo")
-                finish_stage("dpo", stage_sink, figures, model)
+            model = stages.dpo(model, sft_dir, pref_data)
         elif cfg.method in ("grpo", "rloo"):
-            import copy
+            model = stages.online(sft_dir, reward_model, pref_data)
 
-            from phases.align import online
-
-            with nested(sink, cfg.method) as stage_sink:
-                stage_sink.log_params(stage_params(cfg, "online"))
-                started = time.perf_counter()
-                history = []
-                model, figures = online.run(cfg, sft_dir, reward_model, copy.deepcopy(tokenizer), pref_data.train, str(scratch / cfg.method),
-                                            [sink_callback(stage_sink, cfg.method, history)])
-                figures["seconds"] = time.perf_counter() - started
-                for key in ("reward", "kl", "completions/mean_length"):
-                    values = [h[key] for h in history if key in h]
-                    if values:
-                        figures[f"last_{key.replace('/', '_')}"] = values[-1]
-                finish_stage(cfg.method, stage_sink, figures, model)
-
-    samples_after = generate_samples(model, tokenizer, prompts, cfg.sample_tokens)
-    references = [row["messages"][len(p)]["content"] for row, p in zip(sft_data.eval, prompts)]
-    samples = [{"prompt": p[-1]["content"], "reference": ref, "before": b, "after": a}
-               for p, ref, b, a in zip(prompts, references, samples_before, samples_after)]
+    samples = [{"prompt": p[-1]["content"], "reference": row["messages"][len(p)]["content"], "before": b, "after": a}
+               for p, row, b, a in zip(prompts, sft_data.eval, samples_before, generate_samples(model, tokenizer, prompts, cfg.sample_tokens))]
     (out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
     (out / "capability.json").write_text(json.dumps({"max_ppl_rise": cfg.max_ppl_rise, "table": check.table}, indent=2))
-    (out / "stages.json").write_text(json.dumps(stages, indent=2, default=str))
+    (out / "stages.json").write_text(json.dumps(stages.figures, indent=2, default=str))
     if samples:
         write_table(samples, "align_samples.json", sink)
     write_table(check.table, "align_capability.json", sink)
 
     model.save_pretrained(out)  # safetensors is the only format transformers 5 writes
     tokenizer.save_pretrained(out)
+    summary = make_summary(cfg, stages, sft_data, pref_data, quarantined)
+    sink.log_metrics({f"align/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+    return summary
 
-    final = check.table[-1]
-    summary = {
+
+def publish_data(out: Path, splits: list[D.Split], sink: MetricsSink) -> int:
+    """The rows each stage trains and is evaluated on, and the quarantined ones; returns how many were quarantined."""
+    for s in splits:
+        D.write_jsonl(out / f"{s.name}_train.jsonl", s.train)
+        D.write_jsonl(out / f"{s.name}_eval.jsonl", s.eval)
+        sink.log_params({f"align.data.{s.name}.source": s.source})
+        sink.log_metrics({f"align/data/{s.name}/{k}": v for k, v in s.counts().items()})
+        log.info("align data %s: %s (from %s)", s.name, s.counts(), s.source)
+    return D.write_quarantine(out / "quarantine.jsonl", splits)
+
+
+def make_summary(cfg: AlignConfig, stages: Stages, sft_data: D.Split, pref_data: D.Split | None, quarantined: int) -> dict[str, Any]:
+    table, sft = stages.check.table, stages.figures["sft"]
+    summary: dict[str, Any] = {
         "method": cfg.method,
         "sft_rows": len(sft_data.train),
         "preference_rows": len(pref_data.train) if pref_data else 0,
         "quarantined": quarantined,
-        "sft_eval_loss_before": stages["sft"]["eval_loss_before"],
-        "sft_eval_loss": stages["sft"]["eval_loss_after"],
-        "first_loss": stages["sft"]["first_loss"],
-        "final_loss": stages["sft"]["train_loss"],
-        "steps": stages["sft"]["steps"],
-        "ppl_pretrained": check.table[0]["perplexity"],
-        "ppl_aligned": final["perplexity"],
-        "ppl_rise": final["rise"],
-        "ppl_warnings": len(warnings),
+        "sft_eval_loss_before": sft["eval_loss_before"],
+        "sft_eval_loss": sft["eval_loss_after"],
+        "first_loss": sft["first_loss"],
+        "final_loss": sft["final_loss"],
+        "steps": sft["steps"],
+        "ppl_pretrained": table[0]["perplexity"],
+        "ppl_aligned": table[-1]["perplexity"],
+        "ppl_rise": table[-1]["rise"],
+        "ppl_warnings": len(stages.warnings),
+        "num_pairs": len(sft_data.train) + len(sft_data.eval),  # the current registry headline; prefer sft_rows
     }
-    if "dpo" in stages:
-        summary.update({"pref_accuracy_sft": stages["dpo"]["pref_accuracy_before"], "pref_accuracy": stages["dpo"]["pref_accuracy_after"],
-                        "implicit_accuracy": stages["dpo"]["implicit_accuracy"]})
-    if "reward" in stages:
-        summary.update({"reward_accuracy": stages["reward"]["accuracy"], "reward_accuracy_stderr": stages["reward"]["stderr"]})
-    if cfg.method in stages:
-        for key in ("last_reward", "last_kl"):
-            if key in stages[cfg.method]:
-                summary[key.removeprefix("last_")] = stages[cfg.method][key]
-    summary["num_pairs"] = len(sft_data.train) + len(sft_data.eval)  # kept for the current registry headline
-    sink.log_metrics({f"align/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+    if "dpo" in stages.figures:
+        dpo = stages.figures["dpo"]
+        summary.update({"pref_accuracy_sft": dpo["pref_accuracy_before"], "pref_accuracy": dpo["pref_accuracy_after"],
+                        "implicit_accuracy": dpo["implicit_accuracy"]})
+    if "reward" in stages.figures:
+        summary.update({"reward_accuracy": stages.figures["reward"]["accuracy"], "reward_accuracy_stderr": stages.figures["reward"]["stderr"]})
+    online = stages.figures.get(cfg.method, {})
+    for key in ("last_reward", "last_kl"):
+        if key in online:
+            summary[key.removeprefix("last_")] = online[key]
     return summary
 
 
-def sft_params(cfg: AlignConfig) -> dict[str, Any]:
-    return {k: getattr(cfg, k) for k in ("max_steps", "batch_size", "lr", "max_length", "seed", "eval_fraction")}
-
-
 def stage_params(cfg: AlignConfig, stage: str) -> dict[str, Any]:
+    """The params of a stage's own run (MLflow refuses a changed param within one run, so each stage has its own)."""
     keys = {
+        "sft": ("max_steps", "batch_size", "lr", "max_length", "seed", "eval_fraction", "lora"),
         "reward": ("reward_steps", "reward_lr", "batch_size", "max_length", "seed"),
-        "dpo": ("dpo_steps", "dpo_lr", "dpo_beta", "batch_size", "max_length", "seed"),
+        "dpo": ("dpo_steps", "dpo_lr", "dpo_beta", "batch_size", "max_length", "seed", "lora"),
         "online": ("method", "online_steps", "online_lr", "online_beta", "num_generations", "max_completion_length", "seed"),
     }[stage]
     return {k: getattr(cfg, k) for k in keys}
