@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,10 @@ def configure(home: Path | None = None) -> Path:
     """
     home = Path(home) if home else lifecycle_home()
     home.mkdir(parents=True, exist_ok=True)
+    # Prefect forwards the "lifecycle" loggers (PREFECT_LOGGING_EXTRA_LOGGERS) to the console and
+    # the UI, but a logger without a level inherits the root's WARNING: the phases' progress lines
+    # (pretraining's steps, "resuming ... at step N") were dropped before reaching either.
+    logging.getLogger("lifecycle").setLevel(logging.INFO)
     os.environ["LIFECYCLE_HOME"] = str(home)
     for k, v in defaults(home).items():
         os.environ.setdefault(k, v)

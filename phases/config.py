@@ -206,9 +206,11 @@ class PretrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted after a newer one is complete.")
     resume: Literal["auto", "never"] = Field(
         "auto", description="auto: continue from the latest complete checkpoint of the same run; never: delete it and start fresh.")
-    continue_on_new_data: bool = Field(
-        False, description="When the training data changed since the checkpoint, warm-start from its weights and optimizer "
-                           "(step, lr schedule and data position reset) instead of refusing to resume.")
+    on_new_data: Literal["retrain", "warm_start", "fail"] = Field(
+        "retrain", description="When the training data changed since the latest checkpoint (a nightly run on new data): "
+                               "retrain from scratch (the old data's checkpoints are replaced), warm_start from its weights and "
+                               "optimizer (step, lr schedule and data position reset; needs the same tokenizer, e.g. "
+                               "model.tokenizer_path), or fail.")
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% more compute).")
     compile: bool = Field(False, description="torch.compile the model through DeepSpeed's engine.compile() (needs a C++ compiler on CPU).")
     peak_flops: float | None = Field(

@@ -41,8 +41,10 @@ def experiment_id(mlf, name: str, home: Path) -> str:
     exp = mlf.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # With the embedded SQLite store, artifacts live beside it (not in ./mlruns of the cwd).
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (Path(home).resolve() / "mlartifacts").as_uri()
+    # With a local SQLite store, artifacts live under the lifecycle home (not in ./mlruns of the cwd);
+    # a tracking server decides its own artifact location.
+    local = tracking_uri(home).startswith("sqlite:")
+    location = (Path(home).resolve() / "mlartifacts").as_uri() if local else None
     try:
         return mlf.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another run

@@ -32,7 +32,19 @@ def home(tmp_path_factory):
     first = run_cli(home)
     assert first.returncode == 0
     assert "MLflow parent run:" in first.stdout
+    (home / "first_run.log").write_text(first.stdout + first.stderr)
     return home
+
+
+def test_phase_progress_reaches_the_console(home):
+    """The phases' own log lines (lifecycle.* loggers) reach the console through Prefect's handlers."""
+    log = (home / "first_run.log").read_text()
+    assert "pretrain: training from scratch" in log and "pretrain done:" in log
+
+
+def test_mlflow_artifacts_live_under_the_home(home, mlflow_client):
+    exp = mlflow_client.get_experiment_by_name("llm-lifecycle")
+    assert exp.artifact_location == (home / "mlartifacts").resolve().as_uri()
 
 
 @pytest.fixture(scope="module")

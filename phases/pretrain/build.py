@@ -85,6 +85,8 @@ def _describe(plan: dict[str, Any]) -> str:
         return f"resuming from checkpoint {plan['tag']}"
     if plan["mode"] == "warm":
         return f"warm-starting on new data from checkpoint {plan['tag']} (generation {plan['generation']})"
+    if plan.get("replaced"):
+        return f"training from scratch on new data (replacing the old data's checkpoint {plan['replaced']})"
     return "training from scratch"
 
 

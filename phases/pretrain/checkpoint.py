@@ -10,7 +10,7 @@ Layout of one run's checkpoint directory (see :func:`checkpoint_dir`)::
 The run id hashes what fixes the training trajectory (the pretrain section minus
 operational fields, and the architecture), but *not* the training data: a run whose data
 changed must find its old checkpoint, to refuse resuming on it (the default) or to
-warm-start from it (``continue_on_new_data``). DeepSpeed's own ``latest`` file is not used:
+warm-start from it, by ``pretrain.on_new_data``). DeepSpeed's own ``latest`` file is not used:
 rank 0 writes it before the other ranks' ZeRO shards are known to be on disk, while
 ``latest.json`` is written after a barrier that follows every rank's save.
 The client state holds the run state; the RNG states go into one file per rank because
@@ -39,7 +39,7 @@ CLIENT_KEY = "lifecycle"
 _TAG = re.compile(r"^g(\d+)-step(\d+)$")
 # Fields that change how a run is operated, not which weights it produces: changing them
 # must not orphan the checkpoints (raising timeout_s on a killed run and resuming is the point).
-OPERATIONAL_FIELDS = ("timeout_s", "checkpoint_every", "keep_checkpoints", "resume", "continue_on_new_data",
+OPERATIONAL_FIELDS = ("timeout_s", "checkpoint_every", "keep_checkpoints", "resume", "on_new_data",
                       "activation_checkpointing", "compile", "peak_flops", "eval_every", "eval_batches", "hostfile")
 
 
@@ -95,8 +95,9 @@ def read_latest(ckpt_dir: Path) -> dict[str, Any] | None:
 def plan_resume(cfg: PretrainConfig, ckpt_dir: Path, data_fingerprint: str, tokenizer_digest: str) -> dict[str, Any]:
     """Decide, before any rank starts, what the run begins from: ``fresh``, ``resume`` or ``warm``.
 
-    Raises :class:`DataError` when the latest checkpoint was trained on other data and the
-    config does not ask for a warm start, naming both fixes.
+    When the latest checkpoint was trained on other data, ``cfg.on_new_data`` decides: ``retrain``
+    deletes those checkpoints and starts fresh, ``warm_start`` continues from their weights (same
+    tokenizer only), ``fail`` raises a :class:`DataError` naming the fixes.
     """
     plan = {"dir": str(ckpt_dir), "mode": "fresh", "tag": None, "generation": 0,
             "data_fingerprint": data_fingerprint, "tokenizer_digest": tokenizer_digest}
@@ -109,18 +110,21 @@ def plan_resume(cfg: PretrainConfig, ckpt_dir: Path, data_fingerprint: str, toke
     plan.update(tag=latest["tag"], generation=latest["generation"])
     if latest["data_fingerprint"] == data_fingerprint:
         return {**plan, "mode": "resume"}
-    if not cfg.continue_on_new_data:
+    if cfg.on_new_data == "retrain":
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return {**plan, "mode": "fresh", "tag": None, "generation": 0, "replaced": latest["tag"]}
+    if cfg.on_new_data == "fail":
         raise DataError(
             f"cannot resume pretraining from {ckpt_dir / latest['tag']}: it was trained on data "
             f"{latest['data_fingerprint']}, the model phase output is now {data_fingerprint}. Set "
-            "pretrain.continue_on_new_data=true to warm-start from its weights on the new data, or "
-            f"pretrain.resume=never to train from scratch (this deletes {ckpt_dir})"
+            "pretrain.on_new_data=warm_start to continue from its weights on the new data, or "
+            f"pretrain.on_new_data=retrain to train from scratch (this deletes {ckpt_dir})"
         )
     if latest.get("tokenizer_digest") != tokenizer_digest:
         raise DataError(
             f"cannot warm-start from {ckpt_dir / latest['tag']}: the tokenizer changed "
-            f"({latest.get('tokenizer_digest')} -> {tokenizer_digest}), so token ids mean other things; "
-            "set pretrain.resume=never to train from scratch"
+            f"({latest.get('tokenizer_digest')} -> {tokenizer_digest}), so token ids mean other things; keep the "
+            "tokenizer (model.tokenizer_path=<the earlier model output>/tokenizer) or set pretrain.on_new_data=retrain"
         )
     return {**plan, "mode": "warm", "generation": latest["generation"] + 1}
 

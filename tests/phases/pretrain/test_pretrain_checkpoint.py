@@ -28,7 +28,7 @@ def _write_checkpoint(ckpt_dir: Path, tag: str, data_fp: str, tok: str = "tok", 
 def test_checkpoint_dir_is_stable_and_ignores_operational_fields(model_phase_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
     a = checkpoint.checkpoint_dir(CFG, model_phase_dir, tmp_path / "outputs" / "pretrain" / ".k.staging-1234")
-    b = checkpoint.checkpoint_dir(CFG.model_copy(update={"timeout_s": 99, "checkpoint_every": 3, "continue_on_new_data": True}),
+    b = checkpoint.checkpoint_dir(CFG.model_copy(update={"timeout_s": 99, "checkpoint_every": 3, "on_new_data": "warm_start"}),
                                   model_phase_dir, tmp_path / "elsewhere")
     assert a == b and a.parent == tmp_path / "home" / "checkpoints" / "pretrain"
     assert checkpoint.checkpoint_dir(CFG.model_copy(update={"lr": 1e-4}), model_phase_dir, tmp_path) != a
@@ -43,12 +43,15 @@ def test_plan_fresh_resume_and_refusal(tmp_path):
     _write_checkpoint(d, "g0-step0000010", "fp1")
     plan = checkpoint.plan_resume(CFG, d, "fp1", "tok")
     assert (plan["mode"], plan["tag"], plan["generation"]) == ("resume", "g0-step0000010", 0)
-    with pytest.raises(DataError, match=r"fp1.*fp2.*continue_on_new_data=true.*resume=never"):
-        checkpoint.plan_resume(CFG, d, "fp2", "tok")
-    warm = checkpoint.plan_resume(CFG.model_copy(update={"continue_on_new_data": True}), d, "fp2", "tok")
+    with pytest.raises(DataError, match=r"fp1.*fp2.*on_new_data=warm_start.*on_new_data=retrain"):
+        checkpoint.plan_resume(CFG.model_copy(update={"on_new_data": "fail"}), d, "fp2", "tok")
+    warm = checkpoint.plan_resume(CFG.model_copy(update={"on_new_data": "warm_start"}), d, "fp2", "tok")
     assert (warm["mode"], warm["generation"], warm["tag"]) == ("warm", 1, "g0-step0000010")
     with pytest.raises(DataError, match="tokenizer changed"):
-        checkpoint.plan_resume(CFG.model_copy(update={"continue_on_new_data": True}), d, "fp2", "other-tok")
+        checkpoint.plan_resume(CFG.model_copy(update={"on_new_data": "warm_start"}), d, "fp2", "other-tok")
+    # The default, as a nightly run on new data needs it: train from scratch, the old checkpoints replaced.
+    retrain = checkpoint.plan_resume(CFG, d, "fp2", "other-tok")
+    assert (retrain["mode"], retrain["replaced"]) == ("fresh", "g0-step0000010") and not d.exists()
 
 
 def test_resume_never_deletes_and_incomplete_checkpoint_is_ignored(tmp_path):

@@ -116,14 +116,14 @@ def test_resumed_model_and_card_match_the_uninterrupted_run(runs):
 def test_changed_data_refuses_to_resume(runs, dropout_model, tmp_path):
     new_data = PhaseRef(**{**dropout_model.to_dict(), "fingerprint": "data-v2"})
     with pytest.MonkeyPatch.context() as mp, pytest.raises(DataError) as err:
-        _build(CFG, new_data, runs["home"], tmp_path / "out", mp)
+        _build(CFG.model_copy(update={"on_new_data": "fail"}), new_data, runs["home"], tmp_path / "out", mp)
     message = str(err.value)
     assert "data-v1" in message and "data-v2" in message
-    assert "pretrain.continue_on_new_data=true" in message and "pretrain.resume=never" in message
+    assert "pretrain.on_new_data=warm_start" in message and "pretrain.on_new_data=retrain" in message
     assert not (tmp_path / "out" / "train.log").exists()  # refused before launching anything
 
 
-def test_continue_on_new_data_warm_starts_from_the_weights(runs, dropout_model, tmp_path):
+def test_warm_start_on_new_data_continues_from_the_weights(runs, dropout_model, tmp_path):
     """New rows (the old ones permuted), the same tokenizer: weights and Adam state carry
     over, while step, lr warmup and data position start again."""
     root = tmp_path / "model-v2"
@@ -132,7 +132,7 @@ def test_continue_on_new_data_warm_starts_from_the_weights(runs, dropout_model, 
     rows = np.fromfile(root / "train.bin", dtype=meta["dtype"]).reshape(-1, meta["seq_len"])
     rows[::-1].copy().tofile(root / "train.bin")
     new_data = PhaseRef(phase="model", key="v2", uri=str(root), fingerprint="data-v2")
-    cfg = CFG.model_copy(update={"continue_on_new_data": True})
+    cfg = CFG.model_copy(update={"on_new_data": "warm_start"})
     with pytest.MonkeyPatch.context() as mp:
         summary, sink = _build(cfg, new_data, runs["home"], tmp_path / "out", mp)
     full_summary, full = runs["full"]
