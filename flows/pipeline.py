@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.env import configure
@@ -35,6 +36,8 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     parent = lineage.start_parent(mlf, exp_id, cfg, tags, selected)
     ctx = LineageContext(home=str(home), experiment_id=exp_id, parent_run_id=parent, tags=tags)
     logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.tracking_uri(home))
+    create_markdown_artifact(key="mlflow-parent-run", description="This flow run's MLflow parent run",
+                             markdown=f"MLflow parent run: {lineage.run_link(home, exp_id, parent)}, config hash `{cfg.digest()}`")
 
     refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
     results: dict[str, dict] = {}

@@ -51,6 +51,14 @@ def experiment_id(mlf, name: str, home: Path) -> str:
         return mlf.get_experiment_by_name(name).experiment_id
 
 
+def run_link(home: Path, exp_id: str, run_id: str) -> str:
+    """A link to an MLflow run: the tracking server's page, or how to open a local store's UI."""
+    uri = tracking_uri(home)
+    if uri.startswith(("http://", "https://")):
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id})"
+    return f"`{run_id}` (local store {uri}: `make ui-mlflow`, then http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id})"
+
+
 def git_commit(cwd: Path | None = None) -> str:
     """HEAD's commit, with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
     cwd = cwd or Path(__file__).resolve().parents[1]
@@ -63,8 +71,12 @@ def git_commit(cwd: Path | None = None) -> str:
 
 
 def base_tags(cfg: LifecycleConfig, flow_run_id: str | None, commit: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
     return {
         TAG_FLOW_RUN: flow_run_id or "none",
+        **({"lifecycle.prefect_flow_run_url": f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"} if ui and flow_run_id else {}),
         TAG_CONFIG_HASH: cfg.digest(),
         "lifecycle.preset": cfg.name,
         "mlflow.source.git.commit": commit,

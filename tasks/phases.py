@@ -61,7 +61,27 @@ def run_in_child_run(phase: str, section: Section, inputs: dict[str, PhaseRef], 
         lineage.fail_run(mlf, run_id, e)
         raise
     logger.info("%s: %s %s", phase, "reused" if reused else "published", ref.uri)
+    publish_summary(phase, ref, reused, run_id, ctx)
     return ref, reused
+
+
+def publish_summary(phase: str, ref: PhaseRef, reused: bool, run_id: str, ctx: LineageContext) -> None:
+    """A markdown artifact in the Prefect UI: the phase's headline figures and where its MLflow run is."""
+    from prefect.artifacts import create_markdown_artifact
+
+    spec = next(s for s in PHASES if s.name == phase)
+    rows = "\n".join(f"| {k} | {_fmt(ref.summary.get(k))} |" for k in spec.headline)
+    link = lineage.run_link(Path(ctx.home), ctx.experiment_id, run_id)
+    create_markdown_artifact(
+        key=f"{phase}-summary",
+        description=f"{phase}: {'reused' if reused else 'built'} {ref.key}",
+        markdown=f"### {phase} ({'reused' if reused else 'built'})\n\nMLflow run: {link}\n\nOutput: `{ref.uri}`\n\n"
+                 f"| figure | value |\n|---|---|\n{rows}\n",
+    )
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _phase_task(phase: str):

@@ -42,6 +42,15 @@ def test_phase_progress_reaches_the_console(home):
     assert "pretrain: training from scratch" in log and "pretrain done:" in log
 
 
+def test_prefect_artifacts_link_the_mlflow_runs(home):
+    import sqlite3
+
+    with sqlite3.connect(home / "prefect" / "prefect.db") as db:
+        rows = dict(db.execute("select key, data from artifact").fetchall())
+    assert {f"{p}-summary" for p in PHASES} | {"mlflow-parent-run"} <= set(rows)
+    assert "MLflow run:" in rows["pretrain-summary"] and "final_loss" in rows["pretrain-summary"]
+
+
 def test_mlflow_artifacts_live_under_the_home(home, mlflow_client):
     exp = mlflow_client.get_experiment_by_name("llm-lifecycle")
     assert exp.artifact_location == (home / "mlartifacts").resolve().as_uri()
