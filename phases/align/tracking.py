@@ -62,6 +62,11 @@ def export_adapter(model, adapter_dir):
     return model.merge_and_unload()
 
 
+# The figures a progress line shows (the sink receives every logged key).
+PROGRESS_KEYS = ("train/loss", "eval/loss", "train/grad_norm", "rewards/accuracies", "rewards/margins", "accuracy",
+                 "reward", "kl", "completions/mean_length", "clip_ratio/region_mean")
+
+
 def sink_callback(sink: MetricsSink, stage: str, history: list[dict[str, float]]):
     """A TrainerCallback forwarding each log (TRL's metrics included) to the sink, one progress line each.
 
@@ -88,7 +93,7 @@ def sink_callback(sink: MetricsSink, stage: str, history: list[dict[str, float]]
                 metrics[k] = v
             history.append({"step": state.global_step, **metrics})
             sink.log_metrics(metrics, step=state.global_step)
-            shown = " ".join(f"{k.removeprefix('train/')}={v:.4g}" for k, v in metrics.items() if k not in ("train/epoch", "train/learning_rate"))
+            shown = " ".join(f"{k.removeprefix('train/')}={metrics[k]:.4g}" for k in PROGRESS_KEYS if k in metrics)
             log.info("align %s step %d/%d %s", stage, state.global_step, state.max_steps, shown)
 
     return SinkCallback()

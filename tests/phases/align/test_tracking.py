@@ -61,3 +61,21 @@ def test_mlflow_sink_nests_stage_runs(tmp_path):
     assert runs["sft"].data.metrics["train/loss"] == 2.0 and runs["sft"].data.params["lr"] == "0.001"
     assert runs["dpo"].info.status == "FAILED" and runs["dpo"].data.params["lr"] == "0.0005"
     assert listed.children["sft"].series("train/loss") == [2.0]
+
+
+def test_progress_is_one_short_line_per_logged_step(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from phases.align.tracking import sink_callback
+    from phases.metrics import ListSink
+
+    sink, history = ListSink(), []
+    callback = sink_callback(sink, "dpo", history)
+    state = SimpleNamespace(global_step=3, max_steps=10)
+    with caplog.at_level(logging.INFO, logger="lifecycle.align"):
+        callback.on_log(None, state, None, logs={"loss": 0.5, "rewards/accuracies": 0.75, "logps/chosen": -3.0, "epoch": 0.1})
+        callback.on_log(None, state, None, logs={"train_runtime": 5.0, "train_loss": 0.4})  # the end summary: not a step
+    assert caplog.messages == ["align dpo step 3/10 loss=0.5 rewards/accuracies=0.75"]
+    assert {k for k, _, _ in sink.metrics} == {"train/loss", "rewards/accuracies", "logps/chosen", "train/epoch"}
+    assert history == [{"step": 3, "train/loss": 0.5, "rewards/accuracies": 0.75, "logps/chosen": -3.0, "train/epoch": 0.1}]
