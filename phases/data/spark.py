@@ -27,7 +27,7 @@ def class_sharing_options() -> str:
     import os
 
     path = os.environ.get("LIFECYCLE_SPARK_CDS", "")
-    if not path:
+    if not path.endswith(".jsa"):  # unset, or the on/off switch of earlier releases (0/1): no sharing
         return ""
     flag = "SharedArchiveFile" if os.path.exists(path) else "ArchiveClassesAtExit"
     return f"-XX:{flag}={path} -Xlog:cds*=off"  # cds logging off: a warning per class it cannot archive

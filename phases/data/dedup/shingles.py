@@ -247,9 +247,8 @@ class ShingleSets:
         return [None if j in self.unsure else (float(x / u) if n else 0.0) for j, x, u, n in zip(js, inter, union, sizes)]
 
 
-# Texts are hashed in slices of about this many bytes: the vectorized hashing runs ~1.7x slower once a
-# slice's arrays outgrow the caches (measured: 9.7k docs/s per core in slices of 2,000 3.4 KB documents,
-# 5.8k in slices of 10,000, which is Spark's Arrow batch size).
+# Texts are hashed in slices of about this many bytes: the vectorized hashing slows down once a slice's
+# arrays outgrow the CPU caches, and Spark's Arrow batches (10,000 rows) are larger than that.
 SLICE_TEXT_BYTES = 4 << 20
 
 
