@@ -79,3 +79,24 @@ def test_progress_is_one_short_line_per_logged_step(caplog):
     assert caplog.messages == ["align dpo step 3/10 loss=0.5 rewards/accuracies=0.75"]
     assert {k for k, _, _ in sink.metrics} == {"train/loss", "rewards/accuracies", "logps/chosen", "train/epoch"}
     assert history == [{"step": 3, "train/loss": 0.5, "rewards/accuracies": 0.75, "logps/chosen": -3.0, "train/epoch": 0.1}]
+
+
+@pytest.mark.e2e
+def test_build_logs_stages_as_child_runs_of_the_phase_run(tmp_path, align_inputs):
+    from mlflow.tracking import MlflowClient
+
+    from phases.align.build import build
+    from phases.metrics import MlflowSink
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("align-phase", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, run_name="align").info.run_id
+    cfg = AlignConfig(method="sft", max_steps=3, batch_size=4, max_length=128, num_samples=2, sample_tokens=4)
+    build(cfg, align_inputs, tmp_path / "out", MlflowSink(parent, uri))
+    (child,) = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert child.info.run_name == "sft" and child.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [1, 2, 3]
+    assert child.data.params["max_steps"] == "3" and "eval/loss" in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"align_samples.json", "align_capability.json"} <= artifacts
