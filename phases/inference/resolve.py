@@ -64,8 +64,10 @@ def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
     dst = Path(download_to or tempfile.mkdtemp(prefix="lifecycle-model-"))
     dst.mkdir(parents=True, exist_ok=True)
     source = version.source or ""
-    if version.run_id and source.startswith("runs:/"):
-        return Path(client.download_artifacts(version.run_id, source.split("/", 2)[2] if source.count("/") >= 2 else "", str(dst)))
+    if version.run_id:
+        base = client.get_run(version.run_id).info.artifact_uri.rstrip("/")
+        rel = source.split("/", 2)[2] if source.startswith("runs:/") else source[len(base):].strip("/") if source.startswith(base) else ""
+        return Path(client.download_artifacts(version.run_id, rel, str(dst)))
     model_id = getattr(version, "model_id", None)
     if model_id:
         logged = client.get_logged_model(model_id)
