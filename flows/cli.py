@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from flows import dedup_command
+from flows import dedup_command, inference_commands
 from phases.config import PHASE_NAMES, load_config
 from phases.errors import LifecycleError
 
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    sv = sub.add_parser("serve", help="serve the pipeline on a schedule from this process (no work pool needed)")
+    sv = sub.add_parser("schedule", help="run the pipeline on a cron schedule from this process (no work pool needed)")
     sv.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: nightly at 02:00 UTC)")
     sv.add_argument("--config", default="tiny", help="preset name or YAML file")
     sv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--fit-path", help="where to write the fit (default $LIFECYCLE_HOME/scaling/fit.json)")
 
     dedup_command.add_parser(sub)
+
+    up = sub.add_parser("up", help="start a local Prefect server, a worker and an MLflow server on loopback")
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--mlflow-port", type=int, default=5000)
+    sub.add_parser("down", help="stop the services `lifecycle up` started")
+    inference_commands.add_parsers(sub)
 
     ln = sub.add_parser("lineage", help="which documents a pretrained model (or its first N steps) trained on")
     ln.add_argument("pretrain_dir", help="a pretraining output directory (.lifecycle/outputs/pretrain/<key>)")
@@ -80,9 +86,28 @@ def _dry_run(cfg, selected: list[str]) -> int:
     home = configure()
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     print(f"\n# config hash {cfg.digest()}; outputs under {home / 'outputs'}")
+    budget = _budget_line(cfg)
+    if budget:
+        print(budget)
     for row in plan(cfg, home, selected):
         print(f"{row['phase']:<10} {row['action']:<8} key={row['key']}" + (f"  {row['uri']}" if row.get("uri") else ""))
     return 0
+
+
+def _budget_line(cfg) -> str | None:
+    """What a compute budget makes of the run: N, D and the pretraining steps that follow."""
+    from phases.model.build import budget_plan
+    from phases.pretrain.dsconfig import for_budget
+
+    p = budget_plan(cfg.model, cfg.model.vocab_size)
+    if p is None:
+        return None
+    world = cfg.pretrain.num_gpus * cfg.pretrain.num_nodes
+    steps = for_budget(cfg.pretrain, p.to_dict(), cfg.model.seq_len, world).max_steps
+    return (f"# budget {p.budget_flops:.3g} FLOPs ({p.method}): N={p.parameters:,} parameters "
+            f"(hidden {p.hidden_size}, {p.num_layers} layers), D={p.tokens:,} tokens -> pretrain trains {steps} steps "
+            f"(replacing pretrain.max_steps={cfg.pretrain.max_steps}; at vocab {cfg.model.vocab_size}: the trained "
+            f"tokenizer's size may shift N slightly)")
 
 
 def _report(result: dict) -> None:
@@ -99,14 +124,15 @@ def _fmt(v) -> str:
 
 
 def _plan(args) -> int:
-    from phases.model.sizing import deepspeed_for, plan
+    from phases.model.sizing import plan
+    from phases.pretrain.dsconfig import deepspeed_for_plan
 
     law = json.loads(Path(args.loss_law).read_text()) if args.loss_law else None
     p = plan(
         vocab=args.vocab_size, seq_len=args.seq_len, budget_flops=args.budget_flops, gpu_hours=args.gpu_hours, gpu=args.gpu,
         num_gpus=args.num_gpus, mfu=args.mfu, tokens_available=int(args.tokens_available) if args.tokens_available else None, loss_law=law,
     )
-    ds = deepspeed_for(p)
+    ds = deepspeed_for_plan(p)
     if args.json:
         print(json.dumps({"plan": p.to_dict(), "deepspeed": ds}, indent=2))
         return 0
@@ -122,64 +148,94 @@ def _plan(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    load_config(args.config, args.overrides)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    from flows.env import configure
+
+    configure()
+    from flows.sweep import scaling_sweep
+
+    result = scaling_sweep(config=args.config, sizes=sizes, tokens=args.tokens, overrides=args.overrides, fit_path=args.fit_path)
+    print(f"L(N) = {result['E']:.4f} + {result['A']:.4g} * N^-{result['alpha']:.4f}  ->  {result['fit_path']} (MLflow run {result['run_id']})")
+    return 0
+
+
+def _lineage(args) -> int:
+    from phases.pretrain.seen import documents_seen
+
+    table, info = documents_seen(Path(args.pretrain_dir), args.step)
+    if args.output:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, args.output)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _schedule(args) -> int:
+    load_config(args.config, args.overrides)  # fail now, not at 2 am
+    from flows.env import configure
+
+    configure()
+    from flows.pipeline import lifecycle_pipeline
+
+    lifecycle_pipeline.serve(name=args.name, cron=args.cron, parameters={"config": args.config, "overrides": args.overrides})
+    return 0
+
+
+def _run(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    selected = _phases(args.phases)
+    if args.dry_run:
+        return _dry_run(cfg, selected)
+    from flows.env import configure
+
+    configure()
+    from flows.pipeline import lifecycle_pipeline
+
+    result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _report(result)
+    return 0
+
+
+def _up(args) -> int:
+    from flows import stack
+    from flows.env import lifecycle_home
+
+    r = stack.up(lifecycle_home(), args.prefect_port, args.mlflow_port)
+    print(f"Prefect UI  {r['prefect_ui']}  (worker polling pool {r['pool']})\nMLflow UI   {r['mlflow_ui']}\n"
+          f"Point runs at them:\n  export PREFECT_API_URL={r['prefect_api']}\n  export MLFLOW_TRACKING_URI={r['mlflow_ui']}\n"
+          f"Stop them with: lifecycle down")
+    return 0
+
+
+def _down(args) -> int:
+    from flows import stack
+    from flows.env import lifecycle_home
+
+    stopped = stack.down(lifecycle_home())
+    print(f"stopped {', '.join(stopped)}" if stopped else "nothing to stop (no stack recorded under $LIFECYCLE_HOME/stack)")
+    return 0
+
+
+COMMANDS = {"run": _run, "schedule": _schedule, "sweep": _sweep, "dedup": dedup_command.run, "lineage": _lineage, "plan": _plan, "up": _up, "down": _down,
+            **inference_commands.COMMANDS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "plan":
-            return _plan(args)
-        if args.command == "sweep":
-            load_config(args.config, args.overrides)
-            sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-            from flows.env import configure
-
-            configure()
-            from flows.sweep import scaling_sweep
-
-            result = scaling_sweep(config=args.config, sizes=sizes, tokens=args.tokens, overrides=args.overrides, fit_path=args.fit_path)
-            print(f"L(N) = {result['E']:.4f} + {result['A']:.4g} * N^-{result['alpha']:.4f}  ->  {result['fit_path']} (MLflow run {result['run_id']})")
-            return 0
-        if args.command == "dedup":
-            return dedup_command.run(args)
-        if args.command == "lineage":
-            from phases.pretrain.seen import documents_seen
-
-            table, info = documents_seen(Path(args.pretrain_dir), args.step)
-            if args.output:
-                import pyarrow.parquet as pq
-
-                pq.write_table(table, args.output)
-            print(json.dumps(info, indent=2))
-            return 0
-        if args.command == "serve":
-            load_config(args.config, args.overrides)  # fail now, not at 2 am
-            from flows.env import configure
-
-            configure()
-            from flows.pipeline import lifecycle_pipeline
-
-            lifecycle_pipeline.serve(name=args.name, cron=args.cron, parameters={"config": args.config, "overrides": args.overrides})
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        selected = _phases(args.phases)
-        if args.dry_run:
-            return _dry_run(cfg, selected)
-        from flows.env import configure
-
-        configure()
-        from flows.pipeline import lifecycle_pipeline
-
-        result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected)
+        return COMMANDS[args.command](args)
     except LifecycleError as e:
         print(f"lifecycle: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lifecycle: interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        _report(result)
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,6 @@ def test_prefect_yaml_entrypoints_resolve():
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
 
 
-def test_serve_validates_the_config_first(capsys):
-    assert main(["serve", "--set", "pretrain.lr=0"]) == 2
+def test_schedule_validates_the_config_first(capsys):
+    assert main(["schedule", "--set", "pretrain.lr=0"]) == 2
     assert "pretrain.lr=0" in capsys.readouterr().err
