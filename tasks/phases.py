@@ -56,6 +56,8 @@ def run_in_child_run(phase: str, section: Section, inputs: dict[str, PhaseRef], 
         sink = MlflowSink(run_id, lineage.tracking_uri(Path(ctx.home)))
         ref, reused = run_phase(phase, section, inputs, Path(ctx.home), key=key, sink=sink,
                                 extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}}, reuse_only=reuse_only)
+        if phase in AFTER_BUILD and not reused:  # a reused output was registered by the run that built it
+            AFTER_BUILD[phase](section, ref, run_id, ctx)
         lineage.finish_child(mlf, run_id, ref, reused)
     except BaseException as e:
         lineage.fail_run(mlf, run_id, e)
@@ -82,6 +84,26 @@ def publish_summary(phase: str, ref: PhaseRef, reused: bool, run_id: str, ctx: L
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def register_model(section: Section, ref: PhaseRef, run_id: str, ctx: LineageContext) -> None:
+    """The aligned model becomes a new version of ``align.register_as`` with alias ``challenger``;
+    the evaluation phase decides promotion. The version carries the lineage back to the run."""
+    from tasks.model_registry import register_aligned_model
+
+    logger = get_run_logger()
+    uri = lineage.tracking_uri(Path(ctx.home))
+    version = register_aligned_model(uri, run_id, ref.path, section.register_as, alias="challenger")
+    mlf = lineage.client(Path(ctx.home))
+    for k, v in {**ctx.tags, "lifecycle.parent_run_id": ctx.parent_run_id, "lifecycle.output_uri": ref.uri,
+                 "lifecycle.fingerprint": ref.fingerprint}.items():
+        mlf.set_model_version_tag(section.register_as, version, k, v)
+    mlf.set_tag(run_id, "lifecycle.registered_model", f"models:/{section.register_as}/{version}")
+    logger.info("align: registered models:/%s/%s (alias challenger)", section.register_as, version)
+
+
+# Steps after a phase built its output, inside its MLflow run.
+AFTER_BUILD = {"align": register_model}
 
 
 def _phase_task(phase: str):

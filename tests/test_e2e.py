@@ -96,6 +96,19 @@ def test_first_run_traces_six_finished_phases(home, mlflow_client):
     assert len(digests) == 3 and all(digests.values())
 
 
+def test_the_aligned_model_is_registered_as_challenger(home, mlflow_client):
+    import mlflow.transformers
+
+    parents, children = parents_and_children(mlflow_client)
+    align = next(r for r in children[parents[0].info.run_id] if r.data.tags["lifecycle.phase"] == "align")
+    mv = mlflow_client.get_model_version_by_alias("llm-lifecycle-tiny", "challenger")
+    assert align.data.tags["lifecycle.registered_model"] == f"models:/llm-lifecycle-tiny/{mv.version}"
+    assert mv.run_id == align.info.run_id and mv.tags["lifecycle.parent_run_id"] == parents[0].info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    pipe = mlflow.transformers.load_model("models:/llm-lifecycle-tiny@challenger")
+    assert pipe("def read", max_new_tokens=3, do_sample=False)[0]["generated_text"].startswith("def read")
+
+
 def test_pretraining_loss_falls(home, mlflow_client):
     parents, children = parents_and_children(mlflow_client)
     pretrain = next(r for r in children[parents[0].info.run_id] if r.data.tags["lifecycle.phase"] == "pretrain")
