@@ -47,7 +47,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     # summary.json, training_args.json (it names the staging directory) and the model card carry timings and paths.
     PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
               (*RECORDS, "summary.json", "training_args.json", "README.md")),
-    PhaseSpec("align", 1, ("pretrain", "data"), align.build, ("num_pairs", "first_loss", "final_loss"), RECORDS),
+    PhaseSpec("align", 2, ("pretrain", "data"), align.build, ("sft_rows", "sft_eval_loss", "pref_accuracy", "ppl_rise"), RECORDS),
     PhaseSpec("inference", 1, ("align",), inference.build, ("num_prompts", "tokens_per_s"), RECORDS),
     PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity"), RECORDS),
 )
