@@ -189,11 +189,11 @@ def preference_rows(fns: list[FunctionDoc], seed: int) -> list[dict[str, Any]]:
     """Conversational preference rows: the right summary chosen, another function's rejected."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
-    for i, fn in enumerate(fns):
-        others = [j for j, other in enumerate(fns) if other.summary != fn.summary]
+    for fn in fns:
+        others = [other for other in fns if other.summary != fn.summary]
         if not others:
             continue
-        other = fns[rng.choice(others)]
+        other = rng.choice(others)
         rows.append({
             "id": fn.qualname,
             "prompt": [{"role": "user", "content": question(fn)}],

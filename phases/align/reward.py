@@ -20,7 +20,6 @@ def load_reward_model(sft_dir: Path, tokenizer):
     """The SFT backbone with a fresh one-logit head (seeded by the trainer's set_seed)."""
     import torch
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     # The head is new and lm_head unused by design: transformers' load report would print a table saying so.

@@ -5,9 +5,9 @@ arguments, and greedy sample generations for the before/after table.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from contextlib import contextmanager
-import math
 from typing import Any
 
 from phases.metrics import MetricsSink

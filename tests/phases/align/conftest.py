@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 import toy_artifacts
+
 from phases.align.recipes import derive_functions, question
 from phases.data.io import read_split
 

@@ -6,8 +6,16 @@ import posixpath
 import textwrap
 
 from phases.align.recipes import (
-    FunctionDoc, derive_functions, first_sentence, functions_from_module, instruction_rows, is_held_out, module_name,
-    preference_rows, sample_pairs, signature_line,
+    FunctionDoc,
+    derive_functions,
+    first_sentence,
+    functions_from_module,
+    instruction_rows,
+    is_held_out,
+    module_name,
+    preference_rows,
+    sample_pairs,
+    signature_line,
 )
 
 SOURCE = textwrap.dedent('''

@@ -99,6 +99,7 @@ def test_no_python_documents_is_a_data_error(tmp_path, toy_pretrain):
 
 def test_aligned_model_feeds_inference(sft_run, tmp_path):
     import toy_artifacts
+
     from phases.config import InferenceConfig
     from phases.inference.build import build as generate
 

@@ -42,7 +42,7 @@ def test_trainer_setup_prints_no_disassembly_under_a_print_patch(monkeypatch, tm
 def test_mlflow_sink_nests_stage_runs(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from phases.metrics import MlflowSink, TeeSink, ListSink, nested
+    from phases.metrics import ListSink, MlflowSink, TeeSink, nested
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
