@@ -39,14 +39,29 @@ def torchao_config():
 
 
 def save_int8(src: Path, out: Path, tokenizer_dir: Path | None = None) -> Path:
-    """The model of ``src`` quantized to int8 and saved (safetensors + tokenizer) in ``out``."""
+    """The model of ``src`` quantized to int8 and saved (safetensors + tokenizer) in ``out``.
+
+    A model with a tied lm_head (the model phase ties it) is first saved untied in fp32 to a
+    scratch directory: transformers re-ties at load by comparing the two tensors, which an
+    int8 embedding cannot do, and the embedding and the linear want different int8 layouts.
+    """
+    import tempfile
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=torchao_config(), dtype=torch.float32)
-    out = Path(out)
-    model.save_pretrained(out)  # safetensors: transformers 5 writes no other format
-    AutoTokenizer.from_pretrained(tokenizer_dir or src).save_pretrained(out)
+    original = Path(src)
+    with tempfile.TemporaryDirectory(prefix="untied-") as scratch:
+        fp32 = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        if getattr(fp32.config, "tie_word_embeddings", False):
+            fp32.lm_head.weight = torch.nn.Parameter(fp32.get_input_embeddings().weight.detach().clone())
+            fp32.config.tie_word_embeddings = False
+            fp32.save_pretrained(scratch)
+            src = Path(scratch)
+        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=torchao_config(), dtype=torch.float32)
+        out = Path(out)
+        model.save_pretrained(out)  # safetensors: transformers 5 writes no other format
+    AutoTokenizer.from_pretrained(tokenizer_dir or original).save_pretrained(out)
     return out
 
 
@@ -92,7 +107,7 @@ def tokens_per_s(model, tokenizer, batch: int, new_tokens: int = 16, use_cache: 
 
     enc = tokenizer(["def read_config(path):"] * batch, return_tensors="pt", padding=True, add_special_tokens=False)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
-              pad_token_id=tokenizer.pad_token_id, top_k=0, top_p=1.0, temperature=1.0)
+              pad_token_id=tokenizer.pad_token_id)
     latencies = []
     with torch.inference_mode():
         model.generate(**enc, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up

@@ -30,7 +30,7 @@ def generation_kwargs(cfg: InferenceConfig, pad_token_id: int, eos_token_id: int
         "use_cache": True,
     }
     if cfg.greedy:
-        kw.update(do_sample=False, top_k=0, top_p=1.0, temperature=1.0)
+        kw["do_sample"] = False  # no sampling flags: generate would warn that they are unused
     else:
         kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                   num_return_sequences=cfg.num_return_sequences)
