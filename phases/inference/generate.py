@@ -31,8 +31,12 @@ def load_model(model_dir: Path, tokenizer_dir: Path | None = None):
     tokenizer.padding_side = "left"  # a decoder continues from the last position: pads go left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # An int8 model (quantize.save_int8) carries its TorchAoConfig in config.json: from_pretrained rebuilds it.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from phases.inference import quantize
+
+    if quantize.is_int8(model_dir):
+        model = quantize.load_int8(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return model.eval(), tokenizer
 
 

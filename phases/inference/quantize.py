@@ -1,10 +1,10 @@
 """int8 weights for small devices, and the fp32-vs-int8 comparison the phase logs.
 
-The saved method is torchao's weight-only int8 through transformers' ``TorchAoConfig``:
-linear layers (lm_head included) as ``Int8WeightOnlyConfig``, the input embedding as
-``IntxWeightOnlyConfig(int8, per row)``. ``save_pretrained`` writes it as safetensors with
-the quantization config in ``config.json``, so a plain ``from_pretrained`` (``lifecycle
-generate``, ``transformers serve``) loads it: no pickle anywhere.
+The saved method is torchao's weight-only int8 (``quantize_``): linear layers as
+``Int8WeightOnlyConfig``, the input embedding as ``IntxWeightOnlyConfig(int8, per row)``, a
+tied lm_head sharing it. The weights are written as safetensors with torchao's own
+flatten/unflatten (tensors + JSON metadata): :func:`phases.inference.generate.load_model`
+(``lifecycle generate``, ``lifecycle serve-model``) loads them; no pickle anywhere.
 
 ``torch.ao.quantization.quantize_dynamic`` (int8 weights *and* activations, linear layers
 only) is measured beside it in memory: its packed modules have no safetensors form, so it
@@ -23,46 +23,87 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def torchao_config():
-    import torch
-    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, ModuleFqnToConfig
-    from torchao.quantization.granularity import PerAxis
-    from transformers import TorchAoConfig
+MARKER = "int8.json"  # beside config.json: this directory holds torchao int8 weights
 
-    per_module = ModuleFqnToConfig({
-        # "_default" (every other nn.Linear, lm_head included) warns of a future deprecation in torchao 0.18 (pytorch/ao#3229)
-        # but is what TorchAoConfig applies per module today; revisit when it goes.
-        "_default": Int8WeightOnlyConfig(),
-        "model.embed_tokens": IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-    })
-    return TorchAoConfig(per_module, include_input_output_embeddings=True)
+
+def _quantize_in_place(model) -> bool:
+    """torchao weight-only int8: the embedding per row, every linear layer; a tied lm_head keeps
+    sharing the (now int8) embedding. Returns whether the head is tied."""
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    embed = model.get_input_embeddings()
+    tied = model.lm_head.weight is embed.weight
+    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+              filter_fn=lambda m, fqn: m is embed)
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not (tied and fqn == "lm_head"))
+    if tied:
+        model.lm_head.weight = embed.weight  # one int8 copy of the vocabulary matrix, as fp32 had one
+    return tied
 
 
 def save_int8(src: Path, out: Path, tokenizer_dir: Path | None = None) -> Path:
-    """The model of ``src`` quantized to int8 and saved (safetensors + tokenizer) in ``out``.
+    """The model of ``src`` quantized to int8 and saved in ``out``: ``model.safetensors`` (torchao's
+    own flattening of its int8 tensors: plain tensors plus JSON metadata, no pickle), ``config.json``,
+    :data:`MARKER` and the tokenizer. :func:`load_int8` (and so ``load_model``) reads it back.
 
-    A model with a tied lm_head (the model phase ties it) is first saved untied in fp32 to a
-    scratch directory: transformers re-ties at load by comparing the two tensors, which an
-    int8 embedding cannot do, and the embedding and the linear want different int8 layouts.
+    Not transformers' ``TorchAoConfig`` route: it unties a tied lm_head (the model phase ties it) and
+    then stores the vocabulary matrix twice, 0.41x of fp32 on the tiny preset instead of 0.25x.
     """
-    import tempfile
+    import json
 
+    import safetensors.torch
     import torch
+    import torchao
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    original = Path(src)
-    with tempfile.TemporaryDirectory(prefix="untied-") as scratch:
-        fp32 = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-        if getattr(fp32.config, "tie_word_embeddings", False):
-            fp32.lm_head.weight = torch.nn.Parameter(fp32.get_input_embeddings().weight.detach().clone())
-            fp32.config.tie_word_embeddings = False
-            fp32.save_pretrained(scratch)
-            src = Path(scratch)
-        model = AutoModelForCausalLM.from_pretrained(src, quantization_config=torchao_config(), dtype=torch.float32)
-        out = Path(out)
-        model.save_pretrained(out)  # safetensors: transformers 5 writes no other format
-    AutoTokenizer.from_pretrained(tokenizer_dir or original).save_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    tied = _quantize_in_place(model)
+    state = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    tensors, metadata = flatten_tensor_state_dict(state)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(out / "model.safetensors"), metadata=metadata)
+    model.config.save_pretrained(out)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    (out / MARKER).write_text(json.dumps({"method": "torchao int8 weight-only", "torchao": torchao.__version__, "tied_lm_head": tied}))
+    AutoTokenizer.from_pretrained(tokenizer_dir or src).save_pretrained(out)
     return out
+
+
+def is_int8(model_dir: Path) -> bool:
+    return (Path(model_dir) / MARKER).is_file()
+
+
+def load_int8(model_dir: Path):
+    """The model :func:`save_int8` wrote: built from its config, quantized alike, then the int8 weights assigned."""
+    import safetensors
+    import safetensors.torch
+    import torch
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from phases.errors import DataError
+
+    model_dir = Path(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    tied = _quantize_in_place(model)
+    path = str(model_dir / "model.safetensors")
+    with safetensors.safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    state, leftover = unflatten_tensor_state_dict(safetensors.torch.load_file(path), metadata)
+    state.update(leftover)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise DataError(f"{model_dir}: int8 weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-run save_int8")
+    if tied:
+        model.lm_head.weight = model.get_input_embeddings().weight
+    return model
 
 
 def dynamic_int8(model):
