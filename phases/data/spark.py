@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 # A local driver JVM compiles hot code with the client compiler only (C1): its optimizing compiler
-# (C2) competes for the few cores with the job while a run is short. Measured on a 2-core machine,
-# cold processes, alternating (2026-11-27): dedup of 2,000 documents 16.4 s -> 12.8 s (medians of 4),
-# of 100k documents 37.8 s -> 32.5 s. A user's spark.driver.extraJavaOptions come later and win
-# (-XX:TieredStopAtLevel=4 restores C2); LIFECYCLE_SPARK_QUICK_JIT=0 turns it off.
+# (C2) competes for the few cores with the job while a run is short, and a short run never profits
+# from C2's code (measured: tests/benchmarks/results/dedup-speed-2026-11-27.md). A user's
+# spark.driver.extraJavaOptions come later and win (-XX:TieredStopAtLevel=4 restores C2);
+# LIFECYCLE_SPARK_QUICK_JIT=0 turns it off.
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 
