@@ -87,7 +87,8 @@ def generate(args) -> int:
     cfg = sampling_config(args)
     if args.prompt is not None and not args.prompt.strip():
         raise DataError("--prompt is empty; give some text to continue")
-    from phases.inference.generate import generate as run, load_model, read_prompts, write_jsonl
+    from phases.inference.generate import generate as run
+    from phases.inference.generate import load_model, read_prompts, write_jsonl
     from phases.inference.resolve import resolve
 
     rows = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)

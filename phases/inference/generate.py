@@ -15,7 +15,12 @@ from typing import Any, Sequence
 from phases.config import InferenceConfig
 from phases.errors import DataError
 from phases.inference.sampling import (
-    batches, count_new_tokens, cut_at_stop, generation_kwargs, prompt_budget, prompt_hash, sampling_record,
+    count_new_tokens,
+    cut_at_stop,
+    generation_kwargs,
+    prompt_budget,
+    prompt_hash,
+    sampling_record,
 )
 
 

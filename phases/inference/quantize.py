@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
 MARKER = "int8.json"  # beside config.json: this directory holds torchao int8 weights
 
 

@@ -113,8 +113,8 @@ def _server_load(model_dir: Path) -> dict:
 
 def test_inference_speed(tmp_path):
     import torch
-    import transformers
     import torchao
+    import transformers
 
     from phases.inference.generate import load_model
     from phases.inference.quantize import compare, save_int8

@@ -1,5 +1,4 @@
 import pytest
-
 import toy_artifacts
 
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 import toy_artifacts
+
 from phases.config import InferenceConfig
 from phases.errors import DataError
 from phases.inference import best_of as B

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-import toy_artifacts
 from phases.errors import ConfigError, DataError
 from phases.inference.resolve import resolve
 from phases.inference.server import Limits, build_app
