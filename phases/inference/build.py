@@ -68,7 +68,9 @@ def build(cfg: InferenceConfig, inputs: Mapping[str, PhaseRef], out: Path, sink:
     if cfg.best_of > 1:
         summary.update(_best_of(model, tokenizer, rows, cfg, align_dir, out, sink))
     if cfg.quantize:
-        summary.update(_quantize(align_dir, out, held_out_texts(tokenizer, align_dir, rows), sink))
+        # With the model phase among the inputs, perplexity is on its val.bin (as evaluate measures it).
+        val = _val_rows(inputs["model"].path) if "model" in inputs else None
+        summary.update(_quantize(align_dir, out, held_out_texts(tokenizer, align_dir, rows), sink, val))
     return summary
 
 
@@ -84,15 +86,21 @@ def _best_of(model, tokenizer, rows, cfg, align_dir, out, sink) -> dict[str, Any
     return {"best_of_status": "ok", **figures}
 
 
-def _quantize(align_dir, out, texts, sink) -> dict[str, Any]:
+def _val_rows(model_dir: Path, most: int = 64):
+    from phases.evaluate.perplexity import read_packed
+
+    return read_packed(model_dir)[:most]
+
+
+def _quantize(align_dir, out, texts, sink, val_rows=None) -> dict[str, Any]:
     from phases.inference.quantize import compare, save_int8
 
     int8_dir = save_int8(align_dir, out / "int8")
-    figures = compare(align_dir, int8_dir, texts)
+    figures = compare(align_dir, int8_dir, texts, rows=val_rows)
     (out / "quantization.json").write_text(json.dumps(figures, indent=2))
     flat = {f"inference/quant/{m}/{k}": float(v) for m in ("fp32", "torchao_int8", "dynamic_int8")
             for k, v in figures[m].items() if isinstance(v, (int, float)) and v is not None}
     sink.log_metrics(flat)
     q = figures["torchao_int8"]
     return {"int8_size_ratio": q["size_ratio"], "int8_perplexity_rise": q["perplexity_rise"],
-            "fp32_perplexity": figures["fp32"]["perplexity"]}
+            "fp32_perplexity": figures["fp32"]["perplexity"], "perplexity_on": figures["perplexity_on"]}

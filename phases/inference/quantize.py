@@ -159,17 +159,20 @@ def tokens_per_s(model, tokenizer, batch: int, new_tokens: int = 16, use_cache: 
     return {"tokens_per_s": batch * new_tokens / best, "latency_s": best, "latencies": latencies}
 
 
-def compare(fp32_dir: Path, int8_dir: Path, texts: Sequence[str], *, batches: Sequence[int] = (1, 8), new_tokens: int = 16) -> dict[str, Any]:
-    """fp32, torchao int8 (saved) and quantize_dynamic int8 (in memory) side by side: size, tokens/s, perplexity."""
+def compare(fp32_dir: Path, int8_dir: Path, texts: Sequence[str], *, batches: Sequence[int] = (1, 8), new_tokens: int = 16,
+            rows: np.ndarray | None = None) -> dict[str, Any]:
+    """fp32, torchao int8 (saved) and quantize_dynamic int8 (in memory) side by side: size, tokens/s, perplexity
+    (on ``rows``, e.g. the model phase's val.bin, else on ``texts`` packed like it)."""
     from phases.evaluate.perplexity import perplexity
     from phases.inference.generate import load_model
 
     fp32, tokenizer = load_model(fp32_dir)
     torchao, _ = load_model(int8_dir)
     dynamic = dynamic_int8(fp32)
-    rows = text_rows(tokenizer, texts)
+    source = "val.bin" if rows is not None else "held-out text"
+    rows = text_rows(tokenizer, texts) if rows is None else rows
     sizes = {"fp32": weights_bytes(fp32_dir), "torchao_int8": weights_bytes(int8_dir), "dynamic_int8": state_dict_bytes(dynamic)}
-    out: dict[str, Any] = {"validation_tokens": int(rows.size)}
+    out: dict[str, Any] = {"validation_tokens": int(rows.size), "perplexity_on": source}
     for name, model in (("fp32", fp32), ("torchao_int8", torchao), ("dynamic_int8", dynamic)):
         ppl = perplexity(model, rows, batch_size=8, max_batches=64)["perplexity"]
         out[name] = {"bytes": sizes[name], "perplexity": ppl if math.isfinite(ppl) else None,

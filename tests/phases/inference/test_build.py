@@ -98,3 +98,12 @@ def test_a_tied_lm_head_stays_tied_to_the_int8_embedding(tmp_path, toy_align):
     assert (a - b).abs().max() < 0.05 * a.abs().max()
     assert int8.lm_head.weight is int8.get_input_embeddings().weight  # one int8 copy, as fp32 had one
     assert weights_bytes(tmp_path / "int8") <= 0.4 * weights_bytes(tmp_path / "tied")
+
+
+def test_perplexity_on_val_bin_when_the_model_phase_is_an_input(tmp_path, toy_align, toy_data):
+    packed = toy_artifacts.make_packed_dir(tmp_path / "model", toy_align, toy_data)
+    inputs = {"align": toy_artifacts.ref("align", toy_align), "model": toy_artifacts.ref("model", packed)}
+    (tmp_path / "out").mkdir()
+    summary = build(InferenceConfig(max_new_tokens=2, best_of=1, num_prompts=1), inputs, tmp_path / "out", ListSink())
+    q = json.loads((tmp_path / "out" / "quantization.json").read_text())
+    assert summary["perplexity_on"] == q["perplexity_on"] == "val.bin" and abs(summary["int8_perplexity_rise"]) <= 0.05
