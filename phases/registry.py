@@ -48,7 +48,9 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
               (*RECORDS, "summary.json", "training_args.json", "README.md")),
     PhaseSpec("align", 2, ("pretrain", "data"), align.build, ("sft_rows", "sft_eval_loss", "pref_accuracy", "ppl_rise"), RECORDS),
-    PhaseSpec("inference", 1, ("align",), inference.build, ("num_prompts", "tokens_per_s"), RECORDS),
+    # Latencies and timings sit in the generation records and the quantization report.
+    PhaseSpec("inference", 2, ("align", "model"), inference.build, ("num_prompts", "tokens_per_s", "int8_size_ratio", "int8_perplexity_rise", "best_of_status"),
+              (*RECORDS, "generations.jsonl", "best_of.jsonl", "quantization.json")),
     PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity"), RECORDS),
 )
 BY_NAME = {p.name: p for p in PHASES}
