@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test test-all benchmark ui-prefect ui-mlflow clean
+.PHONY: install run test format benchmark ui-prefect ui-mlflow clean
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/lifecycle run $(ARGS)
 
+# Lint and format are checked first: a few seconds, before a suite of minutes.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -m 'not benchmark' $(ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 benchmark: $(STAMP)
 	$(BIN)/pytest -m benchmark tests/benchmarks $(ARGS)

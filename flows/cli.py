@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (all phases, or --phases)")
     run.add_argument("--config", default="tiny", help="preset name in infra/configs (default: tiny) or a YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. pretrain.max_steps=20 (repeatable)")
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. pretrain.max_steps=20 (repeatable)"
+    )
     run.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASE_NAMES)}; the others' finished outputs are reused")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -104,10 +106,12 @@ def _budget_line(cfg) -> str | None:
         return None
     world = cfg.pretrain.num_gpus * cfg.pretrain.num_nodes
     steps = for_budget(cfg.pretrain, p.to_dict(), cfg.model.seq_len, world).max_steps
-    return (f"# budget {p.budget_flops:.3g} FLOPs ({p.method}): N={p.parameters:,} parameters "
-            f"(hidden {p.hidden_size}, {p.num_layers} layers), D={p.tokens:,} tokens -> pretrain trains {steps} steps "
-            f"(replacing pretrain.max_steps={cfg.pretrain.max_steps}; at vocab {cfg.model.vocab_size}: the trained "
-            f"tokenizer's size may shift N slightly)")
+    return (
+        f"# budget {p.budget_flops:.3g} FLOPs ({p.method}): N={p.parameters:,} parameters "
+        f"(hidden {p.hidden_size}, {p.num_layers} layers), D={p.tokens:,} tokens -> pretrain trains {steps} steps "
+        f"(replacing pretrain.max_steps={cfg.pretrain.max_steps}; at vocab {cfg.model.vocab_size}: the trained "
+        f"tokenizer's size may shift N slightly)"
+    )
 
 
 def _report(result: dict) -> None:
@@ -129,8 +133,15 @@ def _plan(args) -> int:
 
     law = json.loads(Path(args.loss_law).read_text()) if args.loss_law else None
     p = plan(
-        vocab=args.vocab_size, seq_len=args.seq_len, budget_flops=args.budget_flops, gpu_hours=args.gpu_hours, gpu=args.gpu,
-        num_gpus=args.num_gpus, mfu=args.mfu, tokens_available=int(args.tokens_available) if args.tokens_available else None, loss_law=law,
+        vocab=args.vocab_size,
+        seq_len=args.seq_len,
+        budget_flops=args.budget_flops,
+        gpu_hours=args.gpu_hours,
+        gpu=args.gpu,
+        num_gpus=args.num_gpus,
+        mfu=args.mfu,
+        tokens_available=int(args.tokens_available) if args.tokens_available else None,
+        loss_law=law,
     )
     ds = deepspeed_for_plan(p)
     if args.json:
@@ -138,12 +149,18 @@ def _plan(args) -> int:
         return 0
     d = p.to_dict()
     print(f"Compute C = {p.budget_flops:.3g} FLOPs ({p.method})")
-    print(f"Model     N = {p.parameters:,} parameters (target {p.target_parameters:,}): hidden {p.hidden_size}, "
-          f"{p.num_layers} layers, {p.num_heads} heads, MLP {p.intermediate_size}")
+    print(
+        f"Model     N = {p.parameters:,} parameters (target {p.target_parameters:,}): hidden {p.hidden_size}, "
+        f"{p.num_layers} layers, {p.num_heads} heads, MLP {p.intermediate_size}"
+    )
     print(f"Data      D = {p.tokens:,} tokens" + (f" = {p.epochs} epochs of {p.tokens_available:,} available" if p.epochs is not None else ""))
-    print(f"Hardware  {p.num_gpus} x {p.gpu} at MFU {p.mfu}: " + (f"{d['wall_time_hours']} h" if p.wall_time_hours is not None else "wall time unknown"))
-    print(f"Run       {p.precision}, ZeRO-{p.zero_stage}, micro-batch {p.micro_batch_size} x accum {p.grad_accum} "
-          f"= {p.global_batch_sequences} sequences of {args.seq_len}, {p.max_steps:,} steps")
+    print(
+        f"Hardware  {p.num_gpus} x {p.gpu} at MFU {p.mfu}: " + (f"{d['wall_time_hours']} h" if p.wall_time_hours is not None else "wall time unknown")
+    )
+    print(
+        f"Run       {p.precision}, ZeRO-{p.zero_stage}, micro-batch {p.micro_batch_size} x accum {p.grad_accum} "
+        f"= {p.global_batch_sequences} sequences of {args.seq_len}, {p.max_steps:,} steps"
+    )
     print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
     return 0
 
@@ -207,9 +224,11 @@ def _up(args) -> int:
     from flows.env import lifecycle_home
 
     r = stack.up(lifecycle_home(), args.prefect_port, args.mlflow_port)
-    print(f"Prefect UI  {r['prefect_ui']}  (worker polling pool {r['pool']})\nMLflow UI   {r['mlflow_ui']}\n"
-          f"Point runs at them:\n  export PREFECT_API_URL={r['prefect_api']}\n  export MLFLOW_TRACKING_URI={r['mlflow_ui']}\n"
-          f"Stop them with: lifecycle down")
+    print(
+        f"Prefect UI  {r['prefect_ui']}  (worker polling pool {r['pool']})\nMLflow UI   {r['mlflow_ui']}\n"
+        f"Point runs at them:\n  export PREFECT_API_URL={r['prefect_api']}\n  export MLFLOW_TRACKING_URI={r['mlflow_ui']}\n"
+        f"Stop them with: lifecycle down"
+    )
     return 0
 
 
@@ -222,8 +241,17 @@ def _down(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "schedule": _schedule, "sweep": _sweep, "dedup": dedup_command.run, "lineage": _lineage, "plan": _plan, "up": _up, "down": _down,
-            **inference_commands.COMMANDS}
+COMMANDS = {
+    "run": _run,
+    "schedule": _schedule,
+    "sweep": _sweep,
+    "dedup": dedup_command.run,
+    "lineage": _lineage,
+    "plan": _plan,
+    "up": _up,
+    "down": _down,
+    **inference_commands.COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

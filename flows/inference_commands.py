@@ -14,9 +14,19 @@ from pathlib import Path
 
 # flag -> InferenceConfig field
 SAMPLING_FLAGS = {
-    "greedy": "greedy", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-    "repetition_penalty": "repetition_penalty", "stop": "stop", "max_new_tokens": "max_new_tokens", "seed": "seed",
-    "num_samples": "num_return_sequences", "best_of": "best_of", "batch_size": "batch_size", "chat": "chat",
+    "greedy": "greedy",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "stop": "stop",
+    "max_new_tokens": "max_new_tokens",
+    "seed": "seed",
+    "num_samples": "num_return_sequences",
+    "best_of": "best_of",
+    "batch_size": "batch_size",
+    "chat": "chat",
 }
 
 
@@ -27,7 +37,12 @@ def add_parsers(sub) -> None:
     src.add_argument("--prompt", help="one prompt: its completion streams to the terminal")
     src.add_argument("--prompts", metavar="FILE.jsonl", help='JSONL of {"prompt": ...} or {"messages": [...]} rows: writes JSONL records')
     g.add_argument("--output", metavar="FILE.jsonl", help="where --prompts records go (default: stdout)")
-    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None, help="wrap plain prompts in the chat template (default: the preset's inference.chat)")
+    g.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap plain prompts in the chat template (default: the preset's inference.chat)",
+    )
     g.add_argument("--greedy", action="store_true", default=None, help="greedy decoding (argmax)")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-k", type=int, help="0 disables")
@@ -99,8 +114,10 @@ def generate(args) -> int:
 
         reward_path = Path(args.reward_model) if args.reward_model else B.reward_dir(resolved.model_dir)
         if reward_path is None or not (reward_path / "config.json").is_file():
-            raise ConfigError(f"--best-of {cfg.best_of} is unavailable: no reward model at {reward_path or resolved.model_dir / 'reward_model'}; "
-                              f"pass --reward-model DIR (the align output's reward_model/, from align.method grpo or rloo)")
+            raise ConfigError(
+                f"--best-of {cfg.best_of} is unavailable: no reward model at {reward_path or resolved.model_dir / 'reward_model'}; "
+                f"pass --reward-model DIR (the align output's reward_model/, from align.method grpo or rloo)"
+            )
         records, figures = B.best_of_n(model, tokenizer, *B.load_reward_model(reward_path), rows, cfg)
         print(json.dumps(figures), file=sys.stderr)
     elif args.prompt is not None and cfg.num_return_sequences == 1:

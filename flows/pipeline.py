@@ -36,8 +36,11 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     parent = lineage.start_parent(mlf, exp_id, cfg, tags, selected)
     ctx = LineageContext(home=str(home), experiment_id=exp_id, parent_run_id=parent, tags=tags)
     logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.tracking_uri(home))
-    create_markdown_artifact(key="mlflow-parent-run", description="This flow run's MLflow parent run",
-                             markdown=f"MLflow parent run: {lineage.run_link(home, exp_id, parent)}, config hash `{cfg.digest()}`")
+    create_markdown_artifact(
+        key="mlflow-parent-run",
+        description="This flow run's MLflow parent run",
+        markdown=f"MLflow parent run: {lineage.run_link(home, exp_id, parent)}, config hash `{cfg.digest()}`",
+    )
 
     refs: dict[str, PhaseRef] = {"sources": sources_ref(cfg)}
     results: dict[str, dict] = {}
@@ -46,8 +49,7 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
             inputs = {n: refs[n] for n in spec.inputs}
             section = cfg.section(spec.name)
             # Phases before the selected ones are only reused: they fail if never finished.
-            state = TASKS[spec.name](section, inputs, spec.key(section, inputs), ctx, reuse_only=spec.name not in selected,
-                                     return_state=True)
+            state = TASKS[spec.name](section, inputs, spec.key(section, inputs), ctx, reuse_only=spec.name not in selected, return_state=True)
             ref, reused = state.result()
             refs[spec.name] = ref
             results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}

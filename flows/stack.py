@@ -74,22 +74,48 @@ def up(home: Path, prefect_port: int = 4200, mlflow_port: int = 5000, pool: str 
     env.pop("PREFECT_API_URL", None)
     services: dict[str, dict] = {}
     try:
-        services["prefect-server"] = _start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                                               "--port", str(prefect_port)], env, home)
-        services["mlflow-server"] = _start("mlflow-server", [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlartifacts")], env, home)
+        services["prefect-server"] = _start(
+            "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], env, home
+        )
+        services["mlflow-server"] = _start(
+            "mlflow-server",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "mlartifacts"),
+            ],
+            env,
+            home,
+        )
         _wait_http(f"{prefect_api}/health", services["prefect-server"], timeout_s)
-        services["prefect-worker"] = _start("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                                            {**env, "PREFECT_API_URL": prefect_api}, home)
+        services["prefect-worker"] = _start(
+            "prefect-worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+            {**env, "PREFECT_API_URL": prefect_api},
+            home,
+        )
         _wait_http(f"http://127.0.0.1:{mlflow_port}/health", services["mlflow-server"], timeout_s)
         # The worker creates its pool when it starts: the pool's existence says the worker is up.
         _wait_http(f"{prefect_api}/work_pools/{pool}", services["prefect-worker"], timeout_s)
     except BaseException:
         _stop(services)
         raise
-    result = {"prefect_ui": f"http://127.0.0.1:{prefect_port}", "prefect_api": prefect_api,
-              "mlflow_ui": f"http://127.0.0.1:{mlflow_port}", "pool": pool, "services": services}
+    result = {
+        "prefect_ui": f"http://127.0.0.1:{prefect_port}",
+        "prefect_api": prefect_api,
+        "mlflow_ui": f"http://127.0.0.1:{mlflow_port}",
+        "pool": pool,
+        "services": services,
+    }
     state.write_text(json.dumps(result, indent=2))
     return result
 

@@ -47,8 +47,10 @@ def point_config(config: str, overrides: list[str], hidden: int, tokens: int) ->
     cfg = load_config(config, [*overrides, *size_overrides(hidden)])
     steps = steps_for(cfg, tokens)
     warmup = min(cfg.pretrain.warmup_steps, steps // 10)
-    return load_config(config, [*overrides, *size_overrides(hidden), f"pretrain.max_steps={steps}",
-                                f"pretrain.warmup_steps={warmup}", f"pretrain.eval_every={steps}"])
+    return load_config(
+        config,
+        [*overrides, *size_overrides(hidden), f"pretrain.max_steps={steps}", f"pretrain.warmup_steps={warmup}", f"pretrain.eval_every={steps}"],
+    )
 
 
 def train_point(cfg: LifecycleConfig, home: Path, mlf, exp_id: str, parent: str, tags: dict) -> ScalingPoint:
@@ -64,14 +66,20 @@ def train_point(cfg: LifecycleConfig, home: Path, mlf, exp_id: str, parent: str,
         lineage.fail_run(mlf, run_id, e)
         raise
     mlf.set_terminated(run_id, "FINISHED")
-    return ScalingPoint(parameters=int(refs["model"].summary["parameters"]), tokens=int(ref.summary["tokens_seen"]),
-                        loss=float(ref.summary["val_loss"]))
+    return ScalingPoint(
+        parameters=int(refs["model"].summary["parameters"]), tokens=int(ref.summary["tokens_seen"]), loss=float(ref.summary["val_loss"])
+    )
 
 
 @flow(name="scaling-sweep", log_prints=True)
-def scaling_sweep(config: str = "tiny", sizes: list[int] | None = None, tokens: int = 200_000,
-                  overrides: list[str] | None = None, fit_path: str | None = None,
-                  trainer: Callable[..., ScalingPoint] | None = None) -> dict:
+def scaling_sweep(
+    config: str = "tiny",
+    sizes: list[int] | None = None,
+    tokens: int = 200_000,
+    overrides: list[str] | None = None,
+    fit_path: str | None = None,
+    trainer: Callable[..., ScalingPoint] | None = None,
+) -> dict:
     """Train one model per hidden width in ``sizes`` on ``tokens`` training tokens each; fit L(N).
 
     ``overrides`` apply to every size (dotted, as on the CLI); ``fit_path`` defaults to
@@ -101,24 +109,32 @@ def scaling_sweep(config: str = "tiny", sizes: list[int] | None = None, tokens: 
         raise
     mlf.set_terminated(parent, "FINISHED")
     log.info("fit: L(N) = %.4f + %.4g * N^-%.4f -> %s", fit.E, fit.A, fit.alpha, path)
-    return {"run_id": parent, "fit_path": str(path), "E": fit.E, "A": fit.A, "alpha": fit.alpha,
-            "points": [p.__dict__ for p in points]}
+    return {"run_id": parent, "fit_path": str(path), "E": fit.E, "A": fit.A, "alpha": fit.alpha, "points": [p.__dict__ for p in points]}
 
 
 def _params(config: str, sizes: list[int], tokens: int, overrides: list[str]):
     from mlflow.entities import Param
 
-    return [Param("config", config), Param("sizes", ",".join(map(str, sizes))), Param("tokens", str(tokens)),
-            Param("overrides", " ".join(overrides) or "-")]
+    return [
+        Param("config", config),
+        Param("sizes", ",".join(map(str, sizes))),
+        Param("tokens", str(tokens)),
+        Param("overrides", " ".join(overrides) or "-"),
+    ]
 
 
 def _log_point(mlf, run_id: str, hidden: int, point: ScalingPoint) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    mlf.log_batch(run_id, metrics=[Metric("sweep/loss", point.loss, now, point.parameters),
-                                   Metric(f"sweep/loss_h{hidden}", point.loss, now, 0),
-                                   Metric(f"sweep/parameters_h{hidden}", float(point.parameters), now, 0)])
+    mlf.log_batch(
+        run_id,
+        metrics=[
+            Metric("sweep/loss", point.loss, now, point.parameters),
+            Metric(f"sweep/loss_h{hidden}", point.loss, now, 0),
+            Metric(f"sweep/parameters_h{hidden}", float(point.parameters), now, 0),
+        ],
+    )
 
 
 def _log_fit(mlf, run_id: str, fit, path: Path) -> None:

@@ -18,17 +18,17 @@ from pydantic import BaseModel, Field, ValidationError
 
 from phases.errors import ConfigError
 from phases.sections import (  # noqa: F401 (re-exported: the sections are imported from here)
-    Section,
-    SourceKind,
-    SourceConfig,
-    QualityConfig,
-    NearDedupConfig,
-    DataConfig,
-    ModelConfig,
-    PretrainConfig,
     AlignConfig,
-    InferenceConfig,
+    DataConfig,
     EvaluateConfig,
+    InferenceConfig,
+    ModelConfig,
+    NearDedupConfig,
+    PretrainConfig,
+    QualityConfig,
+    Section,
+    SourceConfig,
+    SourceKind,
 )
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "infra" / "configs"

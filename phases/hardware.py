@@ -21,17 +21,20 @@ class Hardware:
     peak_flops: float | None  # None: no meaningful peak (CPU): no MFU
 
 
-HARDWARE: dict[str, Hardware] = {hw.name: hw for hw in (
-    Hardware("cpu", 24, False, None),
-    Hardware("A100", 80, True, 312e12),
-    Hardware("H100", 80, True, 989e12),
-    Hardware("H100 PCIe", 80, True, 756e12),
-    Hardware("H100 NVL", 94, True, 835e12),
-    Hardware("H200", 141, True, 989e12),
-    Hardware("L4", 24, True, 121e12),
-    Hardware("A10G", 24, True, 125e12),
-    Hardware("V100", 32, False, 125e12),
-)}
+HARDWARE: dict[str, Hardware] = {
+    hw.name: hw
+    for hw in (
+        Hardware("cpu", 24, False, None),
+        Hardware("A100", 80, True, 312e12),
+        Hardware("H100", 80, True, 989e12),
+        Hardware("H100 PCIe", 80, True, 756e12),
+        Hardware("H100 NVL", 94, True, 835e12),
+        Hardware("H200", 141, True, 989e12),
+        Hardware("L4", 24, True, 121e12),
+        Hardware("A10G", 24, True, 125e12),
+        Hardware("V100", 32, False, 125e12),
+    )
+}
 
 
 def hardware(name: str) -> Hardware:

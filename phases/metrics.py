@@ -31,6 +31,7 @@ class MetricsSink(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: Any, name: str) -> None: ...
     def subprocess_env(self) -> dict[str, str]: ...
+
     # Optional: ``with sink.nested("sft") as child:`` logs a stage into its own child run (see
     # :func:`nested`, which falls back to the sink itself for sinks without the method).
 
@@ -46,11 +47,20 @@ def nested(sink: MetricsSink, name: str) -> Iterator[MetricsSink]:
 
 
 class NullSink:
-    def log_metrics(self, metrics, step=None): pass
-    def log_params(self, params): pass
-    def log_artifact(self, path, artifact_path=None): pass
-    def log_dict(self, obj, name): pass
-    def subprocess_env(self): return {}
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_params(self, params):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def log_dict(self, obj, name):
+        pass
+
+    def subprocess_env(self):
+        return {}
 
     @contextmanager
     def nested(self, name: str) -> Iterator["NullSink"]:

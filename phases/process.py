@@ -73,8 +73,7 @@ def run_supervised(
             kill_group(proc, kill_grace_s)
             reader.join(timeout=5)
             raise LaunchError(
-                f"{_name(cmd)} timed out after {timeout_s}s and was killed; raise the phase's "
-                f"timeout_s or shorten the run (log: {log_path})",
+                f"{_name(cmd)} timed out after {timeout_s}s and was killed; raise the phase's timeout_s or shorten the run (log: {log_path})",
                 returncode=proc.returncode,
                 log_tail="\n".join(tail),
             ) from None

@@ -19,9 +19,9 @@ from phases.config import PHASE_NAMES, LifecycleConfig, Section
 from phases.data import build as data
 from phases.evaluate import build as evaluate
 from phases.inference import build as inference
+from phases.metrics import MetricsSink, NullSink
 from phases.model import build as model
 from phases.pretrain import build as pretrain
-from phases.metrics import MetricsSink, NullSink
 from phases.refs import PhaseRef
 from phases.storage import is_complete, materialize, output_dir, phase_key, ref_from_dir
 
@@ -45,12 +45,24 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("data", 2, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
     PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters"), RECORDS),
     # summary.json, training_args.json (it names the staging directory) and the model card carry timings and paths.
-    PhaseSpec("pretrain", 2, ("model",), pretrain.build, ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
-              (*RECORDS, "summary.json", "training_args.json", "README.md")),
+    PhaseSpec(
+        "pretrain",
+        2,
+        ("model",),
+        pretrain.build,
+        ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
+        (*RECORDS, "summary.json", "training_args.json", "README.md"),
+    ),
     PhaseSpec("align", 2, ("pretrain", "data"), align.build, ("sft_rows", "sft_eval_loss", "pref_accuracy", "ppl_rise"), RECORDS),
     # Latencies and timings sit in the generation records and the quantization report.
-    PhaseSpec("inference", 2, ("align", "model"), inference.build, ("num_prompts", "tokens_per_s", "int8_size_ratio", "int8_perplexity_rise", "best_of_status"),
-              (*RECORDS, "generations.jsonl", "best_of.jsonl", "quantization.json")),
+    PhaseSpec(
+        "inference",
+        2,
+        ("align", "model"),
+        inference.build,
+        ("num_prompts", "tokens_per_s", "int8_size_ratio", "int8_perplexity_rise", "best_of_status"),
+        (*RECORDS, "generations.jsonl", "best_of.jsonl", "quantization.json"),
+    ),
     PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity"), RECORDS),
 )
 BY_NAME = {p.name: p for p in PHASES}

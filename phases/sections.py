@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -66,17 +65,26 @@ class NearDedupConfig(Section):
     num_perm: int = Field(128, ge=2, le=1024, description="MinHash permutations.")
     ngram: int = Field(5, ge=1, description="Words per shingle.")
     seed: int = Field(1, description="MinHash seed (datasketch's default is 1).")
-    fn_weight: float = Field(0.99, gt=0, lt=1, description="Weight of missed pairs when choosing bands x rows (verification removes false candidates).")
+    fn_weight: float = Field(
+        0.99, gt=0, lt=1, description="Weight of missed pairs when choosing bands x rows (verification removes false candidates)."
+    )
     bands: int | None = Field(None, ge=1, description="LSH bands; set with rows to override the choice from threshold and fn_weight.")
     rows: int | None = Field(None, ge=1, description="MinHash values per band; set with bands.")
-    scheme: Literal["affine32", "legacy"] = Field("affine32", description="Permutation scheme: datasketch 2.0's default (affine32) or its pre-2.0 one (legacy).")
-    hashing: Literal["token", "sha1"] = Field("token", description="Shingle hash. token: ~8x faster, same quality (tests/benchmarks/results); "
-                                                                    "sha1: datasketch's default, for signatures identical to MinHash(num_perm, seed).")
+    scheme: Literal["affine32", "legacy"] = Field(
+        "affine32", description="Permutation scheme: datasketch 2.0's default (affine32) or its pre-2.0 one (legacy)."
+    )
+    hashing: Literal["token", "sha1"] = Field(
+        "token",
+        description="Shingle hash. token: ~8x faster, same quality (tests/benchmarks/results); "
+        "sha1: datasketch's default, for signatures identical to MinHash(num_perm, seed).",
+    )
 
     @model_validator(mode="after")
     def _banding(self) -> "NearDedupConfig":
         if (self.bands is None) != (self.rows is None):
-            raise ValueError(f"set both bands and rows, or neither (then they follow threshold and fn_weight); got bands={self.bands}, rows={self.rows}")
+            raise ValueError(
+                f"set both bands and rows, or neither (then they follow threshold and fn_weight); got bands={self.bands}, rows={self.rows}"
+            )
         if self.bands is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands*rows ({self.bands}*{self.rows}) exceeds num_perm ({self.num_perm}); lower one or raise num_perm")
         return self
@@ -105,8 +113,12 @@ class DataConfig(Section):
     quality: QualityConfig = Field(QualityConfig(), description="Thresholds of the quality heuristics.")
     near_dedup: NearDedupConfig = Field(NearDedupConfig(), description="Near-duplicate removal.")
     redact_pii: bool = Field(True, description="Replace e-mails, public IPs, phone numbers and secrets with placeholders.")
-    mix_by: Literal["documents", "chars"] = Field("documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists).")
-    max_epochs: float = Field(1.0, ge=1, description="Most times a scarce source may be repeated to reach its share (1 = down-sample the others instead).")
+    mix_by: Literal["documents", "chars"] = Field(
+        "documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists)."
+    )
+    max_epochs: float = Field(
+        1.0, ge=1, description="Most times a scarce source may be repeated to reach its share (1 = down-sample the others instead)."
+    )
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents in the validation split (by id hash).")
     shards: int = Field(2, ge=1, le=4096, description="Parquet files per split.")
     seed: int = Field(0, description="Seed of the mixing sample.")
@@ -180,8 +192,10 @@ class PretrainConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (fp32 on CPU).")
     attn_implementation: Literal["sdpa", "eager"] = Field(
-        "sdpa", description="Attention kernel: sdpa (torch's scaled_dot_product_attention, which runs the flash "
-                            "kernel on CUDA in bf16/fp16) or eager (plain matmuls and softmax).")
+        "sdpa",
+        description="Attention kernel: sdpa (torch's scaled_dot_product_attention, which runs the flash "
+        "kernel on CUDA in bf16/fp16) or eager (plain matmuls and softmax).",
+    )
     num_gpus: int = Field(1, ge=1, description="Ranks per node (CPU processes when no GPU is present).")
     num_nodes: int = Field(1, ge=1, description="Nodes; >1 needs a hostfile.")
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node runs.")
@@ -192,16 +206,18 @@ class PretrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable DeepSpeed checkpoint every N steps (and always at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted after a newer one is complete.")
     resume: Literal["auto", "never"] = Field(
-        "auto", description="auto: continue from the latest complete checkpoint of the same run; never: delete it and start fresh.")
+        "auto", description="auto: continue from the latest complete checkpoint of the same run; never: delete it and start fresh."
+    )
     on_new_data: Literal["retrain", "warm_start", "fail"] = Field(
-        "retrain", description="When the training data changed since the latest checkpoint (a nightly run on new data): "
-                               "retrain from scratch (the old data's checkpoints are replaced), warm_start from its weights and "
-                               "optimizer (step, lr schedule and data position reset; needs the same tokenizer, e.g. "
-                               "model.tokenizer_path), or fail.")
+        "retrain",
+        description="When the training data changed since the latest checkpoint (a nightly run on new data): "
+        "retrain from scratch (the old data's checkpoints are replaced), warm_start from its weights and "
+        "optimizer (step, lr schedule and data position reset; needs the same tokenizer, e.g. "
+        "model.tokenizer_path), or fail.",
+    )
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% more compute).")
     compile: bool = Field(False, description="torch.compile the model through DeepSpeed's engine.compile() (needs a C++ compiler on CPU).")
-    peak_flops: float | None = Field(
-        None, gt=0, description="Peak FLOP/s of one device for MFU; None looks the GPU up in a table (no MFU on CPU).")
+    peak_flops: float | None = Field(None, gt=0, description="Peak FLOP/s of one device for MFU; None looks the GPU up in a table (no MFU on CPU).")
 
     @model_validator(mode="after")
     def _check(self) -> "PretrainConfig":
@@ -216,7 +232,8 @@ class AlignConfig(Section):
     """Phase 4: SFT on chat data, then (method) DPO, or a reward model and GRPO/RLOO; a capability check."""
 
     method: Literal["sft", "dpo", "grpo", "rloo"] = Field(
-        "dpo", description="sft: SFT only; dpo: SFT then DPO; grpo / rloo: SFT, a reward model, then online RL against it.")
+        "dpo", description="sft: SFT only; dpo: SFT then DPO; grpo / rloo: SFT, a reward model, then online RL against it."
+    )
     sft_data: str | None = Field(None, description="JSONL of chat rows ({messages} or {prompt, completion}); unset: derived from the corpus.")
     preference_data: str | None = Field(None, description="JSONL of {prompt, chosen, rejected} rows; unset: derived from the corpus.")
     num_pairs: int = Field(512, ge=8, description="Most documented functions the corpus recipe uses (a seeded sample).")
@@ -239,16 +256,24 @@ class AlignConfig(Section):
     online_beta: float = Field(0.05, gt=0, le=10, description="KL coefficient of GRPO / RLOO (> 0, so the KL to the SFT model is measured).")
     num_generations: int = Field(4, ge=2, le=64, description="Completions per prompt in GRPO / RLOO (the group baseline needs >= 2).")
     max_completion_length: int = Field(24, ge=1, le=1024, description="Longest GRPO / RLOO completion in tokens.")
-    lora: bool = Field(False, description="Train LoRA adapters (peft, through TRL's peft_config) in SFT and DPO instead of all weights; merged on export.")
+    lora: bool = Field(
+        False, description="Train LoRA adapters (peft, through TRL's peft_config) in SFT and DPO instead of all weights; merged on export."
+    )
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
-    max_ppl_rise: float = Field(0.25, ge=0, le=100, description="Largest allowed relative rise of validation perplexity over the pretrained model's (0.25 = +25%).")
+    max_ppl_rise: float = Field(
+        0.25, ge=0, le=100, description="Largest allowed relative rise of validation perplexity over the pretrained model's (0.25 = +25%)."
+    )
     on_ppl_rise: Literal["warn", "fail"] = Field("warn", description="What a rise above max_ppl_rise does: log a warning, or fail the phase.")
-    ppl_rows: int = Field(32, ge=1, description="Validation rows (of max_length tokens, packed from the data phase's validation split) for perplexity.")
+    ppl_rows: int = Field(
+        32, ge=1, description="Validation rows (of max_length tokens, packed from the data phase's validation split) for perplexity."
+    )
     num_samples: int = Field(4, ge=0, le=64, description="Held-out prompts generated before and after alignment (a table).")
     sample_tokens: int = Field(24, ge=1, le=512, description="New tokens per sample generation (greedy).")
-    register_as: str = Field("llm-lifecycle-tiny", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model name of the aligned model.")
+    register_as: str = Field(
+        "llm-lifecycle-tiny", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model name of the aligned model."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "AlignConfig":
@@ -263,8 +288,12 @@ class InferenceConfig(Section):
     The sampling fields are also the flags of ``lifecycle generate`` (validated here alike).
     """
 
-    prompts: tuple[str, ...] = Field((), description="Literal prompts; empty: prompts_file, else the align phase's held-out chat prompts (sft_eval.jsonl).")
-    prompts_file: str | None = Field(None, description="JSONL of prompts, one a line: {\"prompt\": text} or {\"messages\": [...]} (the last assistant turn is dropped).")
+    prompts: tuple[str, ...] = Field(
+        (), description="Literal prompts; empty: prompts_file, else the align phase's held-out chat prompts (sft_eval.jsonl)."
+    )
+    prompts_file: str | None = Field(
+        None, description='JSONL of prompts, one a line: {"prompt": text} or {"messages": [...]} (the last assistant turn is dropped).'
+    )
     num_prompts: int = Field(16, ge=1, le=10_000, description="Most prompts taken from the file (in file order).")
     chat: bool = Field(True, description="Wrap plain-text prompts in the tokenizer's chat template as one user turn (message rows always are).")
     greedy: bool = Field(False, description="Greedy decoding (argmax); the sampling fields below are then ignored.")
@@ -289,7 +318,9 @@ class InferenceConfig(Section):
         if any(not p.strip() for p in self.prompts):
             raise ValueError("prompts must not be empty")
         if self.greedy and self.num_return_sequences > 1:
-            raise ValueError(f"greedy decoding gives one completion per prompt; set num_return_sequences=1 (got {self.num_return_sequences}) or sample")
+            raise ValueError(
+                f"greedy decoding gives one completion per prompt; set num_return_sequences=1 (got {self.num_return_sequences}) or sample"
+            )
         return self
 
 

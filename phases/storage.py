@@ -162,17 +162,20 @@ def materialize(
             # A phase may vouch for its content with its own digest (the data phase hashes rows,
             # which stay identical when only a writer's footer bytes differ, e.g. across Spark masters).
             fingerprint = summary.pop(CONTENT_FINGERPRINT, None) or fingerprint
-            write_json_atomic(staging / MANIFEST, {
-                "phase": phase,
-                "key": key,
-                "fingerprint": fingerprint,
-                **dict(manifest or {}),
-                "summary": summary,
-                "files": files,
-                "records": list(records),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "duration_s": round(time.time() - started, 3),
-            })
+            write_json_atomic(
+                staging / MANIFEST,
+                {
+                    "phase": phase,
+                    "key": key,
+                    "fingerprint": fingerprint,
+                    **dict(manifest or {}),
+                    "summary": summary,
+                    "files": files,
+                    "records": list(records),
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "duration_s": round(time.time() - started, 3),
+                },
+            )
             if final.exists():  # an unfinished leftover from a killed run: replace it
                 shutil.rmtree(final)
             os.rename(staging, final)

@@ -27,8 +27,14 @@ from tasks import lineage
 # config, bad data or a crashed training job (those fail the same way again).
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
 # Task names say what the task does (the Prefect UI lists them).
-VERBS = {"data": "prepare_data", "model": "prepare_model", "pretrain": "pretrain_model",
-         "align": "align_model", "inference": "run_inference", "evaluate": "evaluate_model"}
+VERBS = {
+    "data": "prepare_data",
+    "model": "prepare_model",
+    "pretrain": "pretrain_model",
+    "align": "align_model",
+    "inference": "run_inference",
+    "evaluate": "evaluate_model",
+}
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -44,8 +50,9 @@ class LineageContext:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def run_in_child_run(phase: str, section: Section, inputs: dict[str, PhaseRef], key: str, ctx: LineageContext,
-                     reuse_only: bool = False) -> tuple[PhaseRef, bool]:
+def run_in_child_run(
+    phase: str, section: Section, inputs: dict[str, PhaseRef], key: str, ctx: LineageContext, reuse_only: bool = False
+) -> tuple[PhaseRef, bool]:
     """Build or reuse one phase's output inside its own MLflow child run."""
     logger = get_run_logger()
     mlf = lineage.client(Path(ctx.home))
@@ -54,8 +61,16 @@ def run_in_child_run(phase: str, section: Section, inputs: dict[str, PhaseRef], 
     try:
         lineage.log_inputs(mlf, run_id, inputs)
         sink = MlflowSink(run_id, lineage.tracking_uri(Path(ctx.home)))
-        ref, reused = run_phase(phase, section, inputs, Path(ctx.home), key=key, sink=sink,
-                                extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}}, reuse_only=reuse_only)
+        ref, reused = run_phase(
+            phase,
+            section,
+            inputs,
+            Path(ctx.home),
+            key=key,
+            sink=sink,
+            extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}},
+            reuse_only=reuse_only,
+        )
         if phase in AFTER_BUILD and not reused:  # a reused output was registered by the run that built it
             AFTER_BUILD[phase](section, ref, run_id, ctx)
         lineage.finish_child(mlf, run_id, ref, reused)
@@ -78,7 +93,7 @@ def publish_summary(phase: str, ref: PhaseRef, reused: bool, run_id: str, ctx: L
         key=f"{phase}-summary",
         description=f"{phase}: {'reused' if reused else 'built'} {ref.key}",
         markdown=f"### {phase} ({'reused' if reused else 'built'})\n\nMLflow run: {link}\n\nOutput: `{ref.uri}`\n\n"
-                 f"| figure | value |\n|---|---|\n{rows}\n",
+        f"| figure | value |\n|---|---|\n{rows}\n",
     )
 
 
@@ -95,8 +110,12 @@ def register_model(section: Section, ref: PhaseRef, run_id: str, ctx: LineageCon
     uri = lineage.tracking_uri(Path(ctx.home))
     version = register_aligned_model(uri, run_id, ref.path, section.register_as, alias="challenger")
     mlf = lineage.client(Path(ctx.home))
-    for k, v in {**ctx.tags, "lifecycle.parent_run_id": ctx.parent_run_id, "lifecycle.output_uri": ref.uri,
-                 "lifecycle.fingerprint": ref.fingerprint}.items():
+    for k, v in {
+        **ctx.tags,
+        "lifecycle.parent_run_id": ctx.parent_run_id,
+        "lifecycle.output_uri": ref.uri,
+        "lifecycle.fingerprint": ref.fingerprint,
+    }.items():
         mlf.set_model_version_tag(section.register_as, version, k, v)
     mlf.set_tag(run_id, "lifecycle.registered_model", f"models:/{section.register_as}/{version}")
     logger.info("align: registered models:/%s/%s (alias challenger)", section.register_as, version)

@@ -139,5 +139,9 @@ def test_rerun_reuses_every_phase_then_subset_recomputes_only_what_changed(home,
 
     third = run_cli(home, "--phases", "inference", "--set", "inference.temperature=0.5")
     assert third.returncode == 0
-    lines = {line.split()[0]: line.split()[1] for line in third.stdout.splitlines() if line.startswith("  ") and line.split()[:1] and line.split()[0] in PHASES}
+    lines = {
+        line.split()[0]: line.split()[1]
+        for line in third.stdout.splitlines()
+        if line.startswith("  ") and line.split()[:1] and line.split()[0] in PHASES
+    }
     assert lines == {"data": "reused", "model": "reused", "pretrain": "reused", "align": "reused", "inference": "ran"}

@@ -131,8 +131,15 @@ class Stages:
             stage_sink.log_params(stage_params(self.cfg, "sft"))
             history: list[dict[str, float]] = []
             started = time.perf_counter()
-            model, figures = sft.run(self.cfg, model, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
-                                     str(self.scratch / "sft"), [sink_callback(stage_sink, "sft", history)])
+            model, figures = sft.run(
+                self.cfg,
+                model,
+                self.tokenizer,
+                data.train,
+                data.eval[: self.cfg.eval_rows],
+                str(self.scratch / "sft"),
+                [sink_callback(stage_sink, "sft", history)],
+            )
             losses = [h["train/loss"] for h in history if "train/loss" in h]
             figures.update({"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})
             model = export_adapter(model, self.out / "adapters" / "sft")
@@ -145,8 +152,15 @@ class Stages:
         with nested(self.sink, "reward") as stage_sink:
             stage_sink.log_params(stage_params(self.cfg, "reward"))
             started = time.perf_counter()
-            model, figures = reward.run(self.cfg, sft_dir, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
-                                        str(self.scratch / "reward"), [sink_callback(stage_sink, "reward", [])])
+            model, figures = reward.run(
+                self.cfg,
+                sft_dir,
+                self.tokenizer,
+                data.train,
+                data.eval[: self.cfg.eval_rows],
+                str(self.scratch / "reward"),
+                [sink_callback(stage_sink, "reward", [])],
+            )
             self.finish("reward", stage_sink, figures, started)
         model.save_pretrained(self.out / "reward_model")
         self.tokenizer.save_pretrained(self.out / "reward_model")
@@ -163,8 +177,16 @@ class Stages:
         with nested(self.sink, "dpo") as stage_sink:
             stage_sink.log_params(stage_params(self.cfg, "dpo"))
             started = time.perf_counter()
-            model, figures = preference.run(self.cfg, model, ref_model, self.tokenizer, data.train, data.eval[: self.cfg.eval_rows],
-                                            str(self.scratch / "dpo"), [sink_callback(stage_sink, "dpo", [])])
+            model, figures = preference.run(
+                self.cfg,
+                model,
+                ref_model,
+                self.tokenizer,
+                data.train,
+                data.eval[: self.cfg.eval_rows],
+                str(self.scratch / "dpo"),
+                [sink_callback(stage_sink, "dpo", [])],
+            )
             model = export_adapter(model, self.out / "adapters" / "dpo")
             self.finish("dpo", stage_sink, figures, started, model)
         return model
@@ -180,8 +202,15 @@ class Stages:
             started = time.perf_counter()
             history: list[dict[str, float]] = []
             # A copy: the trainer sets left padding on its tokenizer, the reward model reads right-padded rows.
-            model, figures = online.run(self.cfg, sft_dir, reward_model, copy.deepcopy(self.tokenizer), data.train,
-                                        str(self.scratch / method), [sink_callback(stage_sink, method, history)])
+            model, figures = online.run(
+                self.cfg,
+                sft_dir,
+                reward_model,
+                copy.deepcopy(self.tokenizer),
+                data.train,
+                str(self.scratch / method),
+                [sink_callback(stage_sink, method, history)],
+            )
             for key in ("reward", "kl", "completions/mean_length"):
                 values = [h[key] for h in history if key in h]
                 if values:
@@ -205,7 +234,9 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     texts = [r["text"] for r in read_split(data_dir, "validation")]
-    check = CapabilityCheck(validation_rows(texts, tokenizer, cfg.max_length, cfg.ppl_rows), cfg.max_ppl_rise, cfg.on_ppl_rise, batch_size=cfg.batch_size)
+    check = CapabilityCheck(
+        validation_rows(texts, tokenizer, cfg.max_length, cfg.ppl_rows), cfg.max_ppl_rise, cfg.on_ppl_rise, batch_size=cfg.batch_size
+    )
     check.measure("pretrained", model)
     prompts = held_out_prompts(sft_data, cfg.num_samples)
     samples_before = generate_samples(model, tokenizer, prompts, cfg.sample_tokens)
@@ -222,8 +253,10 @@ def build(cfg: AlignConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: Met
         elif cfg.method in ("grpo", "rloo"):
             model = stages.online(sft_dir, reward_model, pref_data)
 
-    samples = [{"prompt": p[-1]["content"], "reference": row["messages"][len(p)]["content"], "before": b, "after": a}
-               for p, row, b, a in zip(prompts, sft_data.eval, samples_before, generate_samples(model, tokenizer, prompts, cfg.sample_tokens))]
+    samples = [
+        {"prompt": p[-1]["content"], "reference": row["messages"][len(p)]["content"], "before": b, "after": a}
+        for p, row, b, a in zip(prompts, sft_data.eval, samples_before, generate_samples(model, tokenizer, prompts, cfg.sample_tokens))
+    ]
     (out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False))
     (out / "capability.json").write_text(json.dumps({"max_ppl_rise": cfg.max_ppl_rise, "table": check.table}, indent=2))
     (out / "stages.json").write_text(json.dumps(stages.figures, indent=2, default=str))
@@ -269,8 +302,13 @@ def make_summary(cfg: AlignConfig, stages: Stages, sft_data: D.Split, pref_data:
     }
     if "dpo" in stages.figures:
         dpo = stages.figures["dpo"]
-        summary.update({"pref_accuracy_sft": dpo["pref_accuracy_before"], "pref_accuracy": dpo["pref_accuracy_after"],
-                        "implicit_accuracy": dpo["implicit_accuracy"]})
+        summary.update(
+            {
+                "pref_accuracy_sft": dpo["pref_accuracy_before"],
+                "pref_accuracy": dpo["pref_accuracy_after"],
+                "implicit_accuracy": dpo["implicit_accuracy"],
+            }
+        )
     if "reward" in stages.figures:
         summary.update({"reward_accuracy": stages.figures["reward"]["accuracy"], "reward_accuracy_stderr": stages.figures["reward"]["stderr"]})
     online = stages.figures.get(cfg.method, {})

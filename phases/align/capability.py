@@ -34,8 +34,10 @@ def validation_rows(texts: list[str], tokenizer, seq_len: int, max_rows: int) ->
             break
     n = min(len(ids) // seq_len, max_rows)
     if n == 0:
-        raise DataError(f"the validation split holds {len(ids)} tokens, fewer than one row of align.max_length={seq_len}: "
-                        "lower align.max_length or give the data phase more validation documents")
+        raise DataError(
+            f"the validation split holds {len(ids)} tokens, fewer than one row of align.max_length={seq_len}: "
+            "lower align.max_length or give the data phase more validation documents"
+        )
     return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
@@ -59,17 +61,24 @@ class CapabilityCheck:
         base = self.table[0]["perplexity"] if self.table else ppl
         row = {"stage": stage, "perplexity": ppl, "rise": ppl / base - 1.0}
         self.table.append(row)
-        log.info("align capability: validation perplexity %.1f after %s (%+.1f%% vs pretrained, limit +%.0f%%)",
-                 ppl, stage, 100 * row["rise"], 100 * self.max_rise)
+        log.info(
+            "align capability: validation perplexity %.1f after %s (%+.1f%% vs pretrained, limit +%.0f%%)",
+            ppl,
+            stage,
+            100 * row["rise"],
+            100 * self.max_rise,
+        )
         return row
 
     def enforce(self, row: dict[str, Any]) -> str | None:
         """Warn or raise when ``row`` exceeds the allowed rise; returns the message, if any."""
         if row["rise"] <= self.max_rise:
             return None
-        msg = (f"validation perplexity rose {100 * row['rise']:.1f}% after {row['stage']} "
-               f"({self.table[0]['perplexity']:.1f} -> {row['perplexity']:.1f}), above align.max_ppl_rise={self.max_rise}; "
-               "lower align.lr / align.max_steps (or dpo_lr / dpo_steps), or raise align.max_ppl_rise")
+        msg = (
+            f"validation perplexity rose {100 * row['rise']:.1f}% after {row['stage']} "
+            f"({self.table[0]['perplexity']:.1f} -> {row['perplexity']:.1f}), above align.max_ppl_rise={self.max_rise}; "
+            "lower align.lr / align.max_steps (or dpo_lr / dpo_steps), or raise align.max_ppl_rise"
+        )
         if self.on_rise == "fail":
             raise CapabilityError(msg)
         log.warning("align capability: %s", msg)

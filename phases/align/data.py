@@ -38,8 +38,12 @@ class Split:
 
     def counts(self) -> dict[str, int]:
         reasons = Counter(q["reason"].split(":", 1)[0] for q in self.quarantined)
-        return {"train": len(self.train), "eval": len(self.eval), "quarantined": len(self.quarantined),
-                **{f"quarantined.{k}": v for k, v in sorted(reasons.items())}}
+        return {
+            "train": len(self.train),
+            "eval": len(self.eval),
+            "quarantined": len(self.quarantined),
+            **{f"quarantined.{k}": v for k, v in sorted(reasons.items())},
+        }
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
@@ -62,9 +66,7 @@ def _turns(value: Any, role: str) -> list[dict[str, str]] | None:
     """A field as a list of chat turns (a bare string becomes one turn of ``role``); None if malformed."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str) for t in value
-    ):
+    if isinstance(value, list) and value and all(isinstance(t, dict) and t.get("role") in ROLES and isinstance(t.get("content"), str) for t in value):
         return [{"role": t["role"], "content": t["content"]} for t in value]
     return None
 
@@ -112,8 +114,7 @@ def sft_lengths(tokenizer, row: dict[str, Any]) -> int:
 
 def preference_lengths(tokenizer, row: dict[str, Any]) -> int:
     return max(
-        len(tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)["input_ids"])
-        for k in ("chosen", "rejected")
+        len(tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)["input_ids"]) for k in ("chosen", "rejected")
     )
 
 

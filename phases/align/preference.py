@@ -32,7 +32,10 @@ def completion_logps(model, tokenizer, rows: list[dict[str, Any]], key: str, bat
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            prompts = [len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for r in batch]
+            prompts = [
+                len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+                for r in batch
+            ]
             fulls = [tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True)["input_ids"] for r in batch]
             width = max(map(len, fulls))
             ids = torch.tensor([f + [pad] * (width - len(f)) for f in fulls])
@@ -53,8 +56,11 @@ def preference_accuracy(logps: tuple[list[float], list[float]], ref_logps: tuple
     """Held-out accuracies and mean log-prob margin (see the module docstring)."""
     chosen, rejected = logps
     n = len(chosen)
-    result = {"pref_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
-              "logp_margin": sum(c - r for c, r in zip(chosen, rejected)) / n, "n": n}
+    result = {
+        "pref_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
+        "logp_margin": sum(c - r for c, r in zip(chosen, rejected)) / n,
+        "n": n,
+    }
     if ref_logps is not None:
         ref_c, ref_r = ref_logps
         result["implicit_accuracy"] = sum((c - rc) > (r - rr) for c, rc, r, rr in zip(chosen, ref_c, rejected, ref_r)) / n
@@ -102,8 +108,12 @@ def run(cfg: AlignConfig, model, ref_model, tokenizer, train, held_out, scratch:
     result = trainer.train()
     after = preference_accuracy(preference_logps(trainer.model, tokenizer, held_out), ref_logps)
     return trainer.model, {
-        "pref_accuracy_before": before["pref_accuracy"], "pref_accuracy_after": after["pref_accuracy"],
-        "logp_margin_before": before["logp_margin"], "logp_margin_after": after["logp_margin"],
-        "implicit_accuracy": after["implicit_accuracy"], "held_out": after["n"],
-        "steps": int(result.global_step), "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "pref_accuracy_before": before["pref_accuracy"],
+        "pref_accuracy_after": after["pref_accuracy"],
+        "logp_margin_before": before["logp_margin"],
+        "logp_margin_after": after["logp_margin"],
+        "implicit_accuracy": after["implicit_accuracy"],
+        "held_out": after["n"],
+        "steps": int(result.global_step),
+        "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
     }

@@ -179,10 +179,7 @@ def is_held_out(key: str, eval_fraction: float) -> bool:
 
 def instruction_rows(fns: list[FunctionDoc]) -> list[dict[str, Any]]:
     """Chat rows in TRL's conversational format (``messages``), keyed by the qualified name."""
-    return [
-        {"id": fn.qualname, "messages": [{"role": "user", "content": question(fn)}, {"role": "assistant", "content": fn.summary}]}
-        for fn in fns
-    ]
+    return [{"id": fn.qualname, "messages": [{"role": "user", "content": question(fn)}, {"role": "assistant", "content": fn.summary}]} for fn in fns]
 
 
 def preference_rows(fns: list[FunctionDoc], seed: int) -> list[dict[str, Any]]:
@@ -194,10 +191,12 @@ def preference_rows(fns: list[FunctionDoc], seed: int) -> list[dict[str, Any]]:
         if not others:
             continue
         other = rng.choice(others)
-        rows.append({
-            "id": fn.qualname,
-            "prompt": [{"role": "user", "content": question(fn)}],
-            "chosen": [{"role": "assistant", "content": fn.summary}],
-            "rejected": [{"role": "assistant", "content": other.summary}],
-        })
+        rows.append(
+            {
+                "id": fn.qualname,
+                "prompt": [{"role": "user", "content": question(fn)}],
+                "chosen": [{"role": "assistant", "content": fn.summary}],
+                "rejected": [{"role": "assistant", "content": other.summary}],
+            }
+        )
     return rows

@@ -42,7 +42,10 @@ def scores(model, tokenizer, rows: list[dict[str, Any]], key: str, batch_size: i
     pad = tokenizer.pad_token_id
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            fulls = [tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True)["input_ids"] for r in rows[start : start + batch_size]]
+            fulls = [
+                tokenizer.apply_chat_template(r["prompt"] + r[key], tokenize=True, return_dict=True)["input_ids"]
+                for r in rows[start : start + batch_size]
+            ]
             width = max(map(len, fulls))
             ids = torch.tensor([f + [pad] * (width - len(f)) for f in fulls])
             mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fulls])
@@ -57,8 +60,12 @@ def held_out_accuracy(model, tokenizer, rows) -> dict[str, float]:
     # Standard error of the proportion with Laplace smoothing ((wins+1)/(n+2)), so a perfect
     # score on a small split still carries its uncertainty instead of a standard error of 0.
     smoothed = (wins + 1) / (n + 2)
-    return {"accuracy": wins / n, "stderr": math.sqrt(smoothed * (1 - smoothed) / n),
-            "margin": sum(c - r for c, r in zip(chosen, rejected)) / n, "n": n}
+    return {
+        "accuracy": wins / n,
+        "stderr": math.sqrt(smoothed * (1 - smoothed) / n),
+        "margin": sum(c - r for c, r in zip(chosen, rejected)) / n,
+        "n": n,
+    }
 
 
 def reward_args(cfg: AlignConfig, output_dir: str):
@@ -88,7 +95,13 @@ def run(cfg: AlignConfig, sft_dir: Path, tokenizer, train, held_out, scratch: st
     before = held_out_accuracy(trainer.model, tokenizer, held_out)
     result = trainer.train()
     after = held_out_accuracy(trainer.model, tokenizer, held_out)
-    figures = {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "stderr": after["stderr"],
-               "margin": after["margin"], "held_out": after["n"], "steps": int(result.global_step),
-               "runtime_s": float(result.metrics.get("train_runtime", 0.0))}
+    figures = {
+        "accuracy_before": before["accuracy"],
+        "accuracy": after["accuracy"],
+        "stderr": after["stderr"],
+        "margin": after["margin"],
+        "held_out": after["n"],
+        "steps": int(result.global_step),
+        "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+    }
     return trainer.model, figures

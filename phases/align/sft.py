@@ -25,8 +25,9 @@ def sft_args(cfg: AlignConfig, output_dir: str):
     )
 
 
-def make_trainer(cfg: AlignConfig, model, tokenizer, train: list[dict[str, Any]], held_out: list[dict[str, Any]] | None,
-                 output_dir: str, callbacks=()):
+def make_trainer(
+    cfg: AlignConfig, model, tokenizer, train: list[dict[str, Any]], held_out: list[dict[str, Any]] | None, output_dir: str, callbacks=()
+):
     """An SFTTrainer on conversational rows; TRL applies the chat template and masks non-assistant tokens."""
     from datasets import Dataset
     from trl import SFTTrainer
@@ -53,5 +54,10 @@ def run(cfg: AlignConfig, model, tokenizer, train, held_out, scratch: str, callb
     before = trainer.evaluate()["eval_loss"]
     result = trainer.train()
     after = trainer.evaluate()["eval_loss"]
-    return trainer.model, {"eval_loss_before": float(before), "eval_loss_after": float(after), "steps": int(result.global_step),
-            "train_loss": float(result.training_loss), "runtime_s": float(result.metrics.get("train_runtime", 0.0))}
+    return trainer.model, {
+        "eval_loss_before": float(before),
+        "eval_loss_after": float(after),
+        "steps": int(result.global_step),
+        "train_loss": float(result.training_loss),
+        "runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+    }

@@ -48,8 +48,7 @@ def peft_config(cfg):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear")
+    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear")
 
 
 def export_adapter(model, adapter_dir):
@@ -63,8 +62,18 @@ def export_adapter(model, adapter_dir):
 
 
 # The figures a progress line shows (the sink receives every logged key).
-PROGRESS_KEYS = ("train/loss", "eval/loss", "train/grad_norm", "rewards/accuracies", "rewards/margins", "accuracy",
-                 "reward", "kl", "completions/mean_length", "clip_ratio/region_mean")
+PROGRESS_KEYS = (
+    "train/loss",
+    "eval/loss",
+    "train/grad_norm",
+    "rewards/accuracies",
+    "rewards/margins",
+    "accuracy",
+    "reward",
+    "kl",
+    "completions/mean_length",
+    "clip_ratio/region_mean",
+)
 
 
 def sink_callback(sink: MetricsSink, stage: str, history: list[dict[str, float]]):
@@ -87,7 +96,7 @@ def sink_callback(sink: MetricsSink, stage: str, history: list[dict[str, float]]
                 if k == "loss":
                     k = "train/loss"
                 elif k.startswith("eval_"):
-                    k = "eval/" + k[len("eval_"):]
+                    k = "eval/" + k[len("eval_") :]
                 elif k in ("grad_norm", "learning_rate", "epoch"):
                     k = f"train/{k}"
                 metrics[k] = v
@@ -109,9 +118,10 @@ def generate_samples(model, tokenizer, prompts: list[list[dict[str, str]]], max_
     with torch.inference_mode():
         for messages in prompts:
             enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            outputs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            ids = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+            )
+            outputs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     model.train(was_training)
     return outputs
 

@@ -24,9 +24,8 @@ from phases.storage import CONTENT_FINGERPRINT
 log = logging.getLogger("lifecycle.data")
 
 PII_KINDS = ("email", "ip", "phone", "secret")
-PROCESSED_SCHEMA = (
-    "id string, source string, location string, text string, sha string, chars long, stage string, reason string, "
-    + ", ".join(f"pii_{k} long" for k in PII_KINDS)
+PROCESSED_SCHEMA = "id string, source string, location string, text string, sha string, chars long, stage string, reason string, " + ", ".join(
+    f"pii_{k} long" for k in PII_KINDS
 )
 OUTPUT_COLUMNS = ("id", "source", "text")
 
@@ -58,13 +57,19 @@ def read_source(spark, source: SourceConfig):
     no_error = F.lit(None).cast("string")
     if source.kind in ("python_stdlib", "package_docs", "package_licenses", "text"):
         df = spark.read.text(paths, wholetext=True).select(
-            location.alias("location"), F.lit(None).cast("string").alias("doc_id"), F.col("value").alias("raw"), no_error.alias("read_error"),
+            location.alias("location"),
+            F.lit(None).cast("string").alias("doc_id"),
+            F.col("value").alias("raw"),
+            no_error.alias("read_error"),
         )
         if files is not None:
             # Spark yields no row for an empty file: list what it skipped so it is counted.
             listed = spark.createDataFrame([("file:" + p,) for p in paths], "location string")
             skipped = listed.join(df.select("location"), "location", "left_anti").select(
-                "location", F.lit(None).cast("string").alias("doc_id"), F.lit(None).cast("string").alias("raw"), F.lit("empty_file").alias("read_error"),
+                "location",
+                F.lit(None).cast("string").alias("doc_id"),
+                F.lit(None).cast("string").alias("raw"),
+                F.lit("empty_file").alias("read_error"),
             )
             df = df.unionByName(skipped)
     elif source.kind == "jsonl":
@@ -73,8 +78,10 @@ def read_source(spark, source: SourceConfig):
             fields.append(StructField(source.id_field, StringType()))
         fields.append(StructField("_corrupt", StringType()))
         df = (
-            spark.read.schema(StructType(fields)).option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", "_corrupt").json(paths)
+            spark.read.schema(StructType(fields))
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", "_corrupt")
+            .json(paths)
             .select(
                 location.alias("location"),
                 (F.col(source.id_field) if len(fields) == 3 else F.lit(None).cast("string")).alias("doc_id"),
@@ -85,9 +92,13 @@ def read_source(spark, source: SourceConfig):
     else:  # parquet
         df = spark.read.parquet(*paths)
         if source.text_field not in df.columns:
-            raise DataError(f"source {source.name!r}: Parquet has no column {source.text_field!r} (columns: {df.columns}); set data.sources[].text_field")
+            raise DataError(
+                f"source {source.name!r}: Parquet has no column {source.text_field!r} (columns: {df.columns}); set data.sources[].text_field"
+            )
         id_col = F.col(source.id_field).cast("string") if source.id_field in df.columns else F.lit(None).cast("string")
-        df = df.select(location.alias("location"), id_col.alias("doc_id"), F.col(source.text_field).cast("string").alias("raw"), no_error.alias("read_error"))
+        df = df.select(
+            location.alias("location"), id_col.alias("doc_id"), F.col(source.text_field).cast("string").alias("raw"), no_error.alias("read_error")
+        )
     # Raw bytes cross into Python: Spark strings may hold invalid UTF-8, which Arrow would
     # refuse for the whole batch; decoding per document lets us quarantine just that one.
     return df.select(F.lit(source.name).alias("source"), "location", "doc_id", F.col("raw").cast("binary").alias("raw"), "read_error")
@@ -116,8 +127,10 @@ def process_batches(cfg: DataConfig):
                 text = normalize(raw) if raw is not None else ""
                 # Undecodable bytes are the more precise reason (Spark calls such JSON lines corrupt).
                 verdict = (
-                    ("quarantine", "invalid_utf8") if bad_encoding
-                    else ("quarantine", read_error) if isinstance(read_error, str)
+                    ("quarantine", "invalid_utf8")
+                    if bad_encoding
+                    else ("quarantine", read_error)
+                    if isinstance(read_error, str)
                     else check(raw, text, cfg.min_chars, cfg.max_chars)
                 )
                 if verdict is None and source in filtered_sources:
@@ -129,11 +142,11 @@ def process_batches(cfg: DataConfig):
                 pii = no_pii
                 if verdict is None and cfg.redact_pii:
                     text, pii = redact(text)
-                local_id = doc_id if isinstance(doc_id, str) and doc_id else (
-                    loc.removeprefix(prefixes[source]) if prefixes[source] else sha[:20]
-                )
+                local_id = doc_id if isinstance(doc_id, str) and doc_id else (loc.removeprefix(prefixes[source]) if prefixes[source] else sha[:20])
                 stage, reason = verdict or (None, None)
-                rows.append((f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason, *(pii[k] for k in PII_KINDS)))
+                rows.append(
+                    (f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason, *(pii[k] for k in PII_KINDS))
+                )
             yield pd.DataFrame(rows, columns=[c.split()[0] for c in PROCESSED_SCHEMA.split(", ")])
 
     return run
@@ -171,9 +184,11 @@ def mix(unique, cfg: DataConfig):
     order = Window.partitionBy("source").orderBy("_copy", F.xxhash64("id", F.lit(cfg.seed)), "id").rowsBetween(Window.unboundedPreceding, 0)
     copies = copies.withColumn("_before", F.sum(unit).over(order) - unit)
     mixed = copies.where(F.col("_before") < target[F.col("source")])
-    mixed = mixed.withColumn("base_id", F.col("id")).withColumn(
-        "id", F.when(F.col("_copy") == 0, F.col("id")).otherwise(F.concat("id", F.lit("#"), F.col("_copy").cast("string")))
-    ).drop("_before")
+    mixed = (
+        mixed.withColumn("base_id", F.col("id"))
+        .withColumn("id", F.when(F.col("_copy") == 0, F.col("id")).otherwise(F.concat("id", F.lit("#"), F.col("_copy").cast("string"))))
+        .drop("_before")
+    )
     return mixed, available, targets
 
 
@@ -237,7 +252,8 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         train_files = _publish_parquet(mixed.where(~is_val).select(*OUTPUT_COLUMNS), out, "train", cfg.shards)
         val_files = _publish_parquet(mixed.where(is_val).select(*OUTPUT_COLUMNS), out, "validation", 1)
         rejected = (
-            docs.where(F.col("stage").isNotNull()).withColumn("detail", F.lit(None).cast("string"))
+            docs.where(F.col("stage").isNotNull())
+            .withColumn("detail", F.lit(None).cast("string"))
             .unionByName(dup_ids.drop("_n").withColumn("detail", F.lit(None).cast("string")))
             .unionByName(exact.withColumn("detail", F.col("_kept_id")).drop("_r", "_n", "_kept_id"))
             .select("id", "source", "location", "stage", "reason", "detail", "chars")
@@ -250,10 +266,22 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
             (r["source"], r["split"]): r["count"]
             for r in spark.read.parquet(str(out / "train"), str(out / "validation"))
             .withColumn("split", F.when(F.col("_metadata.file_path").contains("/validation/"), "validation").otherwise("train"))
-            .groupBy("source", "split").count().collect()
+            .groupBy("source", "split")
+            .count()
+            .collect()
         }
-        reasons = [r.asDict() for r in spark.read.parquet(str(out / "rejected")).groupBy("source", "stage", "reason").count().orderBy("source", "stage", "reason").collect()]
-        pii = {r["source"]: {k: int(r[k] or 0) for k in PII_KINDS} for r in unique.groupBy("source").agg(*[F.sum(f"pii_{k}").alias(k) for k in PII_KINDS]).collect()}
+        reasons = [
+            r.asDict()
+            for r in spark.read.parquet(str(out / "rejected"))
+            .groupBy("source", "stage", "reason")
+            .count()
+            .orderBy("source", "stage", "reason")
+            .collect()
+        ]
+        pii = {
+            r["source"]: {k: int(r[k] or 0) for k in PII_KINDS}
+            for r in unique.groupBy("source").agg(*[F.sum(f"pii_{k}").alias(k) for k in PII_KINDS]).collect()
+        }
         copies = {r["source"]: r["count"] for r in mixed.where("_copy > 0").groupBy("source").count().collect()}
     finally:
         spark.stop()
@@ -263,7 +291,12 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
     if cfg.near_dedup.enabled:
         summary["near_duplicates"] = sum(r["count"] for r in reasons if r["reason"] == "near_duplicate")
         summary["near_dedup"] = {**near_stats, "cluster_sizes": cluster_sizes}
-        sink.log_metrics({"near_duplicates": summary["near_duplicates"], **{f"near_dedup/{k}": v for k, v in near_stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+        sink.log_metrics(
+            {
+                "near_duplicates": summary["near_duplicates"],
+                **{f"near_dedup/{k}": v for k, v in near_stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            }
+        )
         log_cluster_sizes(cluster_sizes, sink)
     return summary
 
@@ -298,17 +331,35 @@ def remove_near_duplicates(spark, unique, cfg: DataConfig):
     from phases.data.dedup.frames import small_ids
 
     nd = cfg.near_dedup
-    log.info("data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s, %s hash)",
-             nd.num_perm, nd.ngram, nd.threshold, nd.banding(), nd.hashing)
+    log.info(
+        "data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s, %s hash)",
+        nd.num_perm,
+        nd.ngram,
+        nd.threshold,
+        nd.banding(),
+        nd.hashing,
+    )
     clusters, stats = near_dedup(spark, unique, nd)  # cached: its texts are read from memory
     removed = clusters.where(~F.col("kept")).select("id", "cluster_id").persist()
     near = unique.join(removed, "id").select(
-        "id", "source", "location", F.lit("dedup").alias("stage"), F.lit("near_duplicate").alias("reason"),
-        F.col("cluster_id").alias("detail"), "chars",
+        "id",
+        "source",
+        "location",
+        F.lit("dedup").alias("stage"),
+        F.lit("near_duplicate").alias("reason"),
+        F.col("cluster_id").alias("detail"),
+        "chars",
     )
     remaining = unique.join(small_ids(removed.select("id")), "id", "left_anti").persist()
-    sizes = {int(r["size"]): int(r["clusters"]) for r in clusters.groupBy("cluster_id").count().where("count > 1")
-             .groupBy(F.col("count").alias("size")).agg(F.count("*").alias("clusters")).collect()}
+    sizes = {
+        int(r["size"]): int(r["clusters"])
+        for r in clusters.groupBy("cluster_id")
+        .count()
+        .where("count > 1")
+        .groupBy(F.col("count").alias("size"))
+        .agg(F.count("*").alias("clusters"))
+        .collect()
+    }
     return remaining, near, stats, dict(sorted(sizes.items()))
 
 
@@ -341,14 +392,24 @@ def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons
     for s in cfg.sources:
         train = split_counts.get((s.name, "train"), 0)
         val = split_counts.get((s.name, "validation"), 0)
-        table.append({
-            "source": s.name, "kind": s.kind, "license": s.license, "weight": s.weight, "unit": cfg.mix_by,
-            "read": read_counts.get(s.name, 0), "available": available.get(s.name, 0), "selected": targets.get(s.name, 0),
-            "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0,
-            "epochs": round(targets.get(s.name, 0) / available[s.name], 4) if available.get(s.name) else 0.0,
-            "repeated_docs": copies.get(s.name, 0), "train": train, "validation": val,
-            **{f"pii_{k}": pii.get(s.name, {}).get(k, 0) for k in PII_KINDS},
-        })
+        table.append(
+            {
+                "source": s.name,
+                "kind": s.kind,
+                "license": s.license,
+                "weight": s.weight,
+                "unit": cfg.mix_by,
+                "read": read_counts.get(s.name, 0),
+                "available": available.get(s.name, 0),
+                "selected": targets.get(s.name, 0),
+                "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0,
+                "epochs": round(targets.get(s.name, 0) / available[s.name], 4) if available.get(s.name) else 0.0,
+                "repeated_docs": copies.get(s.name, 0),
+                "train": train,
+                "validation": val,
+                **{f"pii_{k}": pii.get(s.name, {}).get(k, 0) for k in PII_KINDS},
+            }
+        )
     by_source_unique = {s: read_counts[s] - sum(r["count"] for r in reasons if r["source"] == s) for s in read_counts}
     by = lambda stage, reason=None: sum(r["count"] for r in reasons if r["stage"] == stage and (reason is None or r["reason"] == reason))  # noqa: E731
     summary = {
@@ -364,12 +425,28 @@ def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons
         "rejected_by_reason": reasons,
         "files": {"train": train_files, "validation": val_files},
     }
-    sink.log_metrics({k: summary[k] for k in ("read_docs", "quarantined", "filtered", "exact_duplicates", "unique_docs", "pii_redacted", "train_docs", "validation_docs")})
+    sink.log_metrics(
+        {
+            k: summary[k]
+            for k in ("read_docs", "quarantined", "filtered", "exact_duplicates", "unique_docs", "pii_redacted", "train_docs", "validation_docs")
+        }
+    )
     for row in table:
-        sink.log_metrics({f"share/{row['source']}": row["share"], f"epochs/{row['source']}": row["epochs"],
-                          **{f"pii_{k}/{row['source']}": row[f"pii_{k}"] for k in PII_KINDS}})
+        sink.log_metrics(
+            {
+                f"share/{row['source']}": row["share"],
+                f"epochs/{row['source']}": row["epochs"],
+                **{f"pii_{k}/{row['source']}": row[f"pii_{k}"] for k in PII_KINDS},
+            }
+        )
     write_table(table, "source_shares.json", sink)
     write_table(reasons or [{"source": None, "stage": None, "reason": None, "count": 0}], "rejected_summary.json", sink)
-    log.info("data: %d train / %d validation documents; %d quarantined, %d filtered, %d exact duplicates",
-             summary["train_docs"], summary["validation_docs"], summary["quarantined"], summary["filtered"], summary["exact_duplicates"])
+    log.info(
+        "data: %d train / %d validation documents; %d quarantined, %d filtered, %d exact duplicates",
+        summary["train_docs"],
+        summary["validation_docs"],
+        summary["quarantined"],
+        summary["filtered"],
+        summary["exact_duplicates"],
+    )
     return summary

@@ -29,9 +29,7 @@ _KNOWN_SECRETS = re.compile(
     r"|-----BEGIN (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----"
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # JWT
 )
-_ASSIGNED_SECRET = re.compile(
-    r"(?i)((?:api[_-]?key|secret|token|passw(?:or)?d|access[_-]?key)[\"']?\s*[:=]\s*[\"'])([A-Za-z0-9_\-+/=]{16,})([\"'])"
-)
+_ASSIGNED_SECRET = re.compile(r"(?i)((?:api[_-]?key|secret|token|passw(?:or)?d|access[_-]?key)[\"']?\s*[:=]\s*[\"'])([A-Za-z0-9_\-+/=]{16,})([\"'])")
 
 
 def _entropy(s: str) -> float:

@@ -94,8 +94,7 @@ def expand_local(source: SourceConfig) -> list[Path]:
     elif p.is_dir():
         suffixes = _SUFFIXES[source.kind]
         files = sorted(
-            f for f in p.rglob("*")
-            if f.is_file() and not f.name.startswith((".", "_")) and (suffixes is None or f.name.endswith(suffixes))
+            f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")) and (suffixes is None or f.name.endswith(suffixes))
         )
     elif p.is_file():
         files = [p]

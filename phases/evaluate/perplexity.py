@@ -48,7 +48,9 @@ def perplexity(model, rows: np.ndarray, *, batch_size: int, max_batches: int) ->
             # uint16 has no torch equivalent for indexing embeddings: widen to int64.
             ids = torch.from_numpy(np.asarray(rows[start : start + batch_size], dtype=np.int64))
             if vocab is not None and int(ids.max()) >= vocab:
-                raise DataError(f"val.bin has token id {int(ids.max())} but the model's vocabulary has {vocab}: the model and val.bin come from different tokenizers")
+                raise DataError(
+                    f"val.bin has token id {int(ids.max())} but the model's vocabulary has {vocab}: the model and val.bin come from different tokenizers"
+                )
             nll, n = nll_sum(model(input_ids=ids).logits, ids)
             total_nll, total_tokens, batches = total_nll + nll, total_tokens + n, batches + 1
     if total_tokens == 0:

@@ -103,7 +103,9 @@ def build_questions(
         choices = distractors(pool, str(doc["id"]), answer, num_choices - 1, continuation_chars, rng)
         label = rng.randrange(num_choices)
         choices.insert(label, answer)
-        questions.append({"id": f"{doc['id']}@{start}", "source": doc.get("source", ""), "question": span[:context_chars], "choices": choices, "label": label})
+        questions.append(
+            {"id": f"{doc['id']}@{start}", "source": doc.get("source", ""), "question": span[:context_chars], "choices": choices, "label": label}
+        )
     return questions
 
 

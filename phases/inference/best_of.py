@@ -75,6 +75,5 @@ def best_of_n(model, tokenizer, reward, reward_tokenizer, rows, cfg) -> tuple[li
     rewards = score(reward, reward_tokenizer, [conversation(rows[k // n], r["completion"]) for k, r in enumerate(records)])
     best = pick(records, rows, n, rewards)
     first = [rewards[p * n] for p in range(len(rows))]
-    figures = {"best_of": n, "mean_reward_best_of_1": sum(first) / len(first),
-               "mean_reward_best_of_n": sum(b["reward"] for b in best) / len(best)}
+    figures = {"best_of": n, "mean_reward_best_of_1": sum(first) / len(first), "mean_reward_best_of_n": sum(b["reward"] for b in best) / len(best)}
     return best, figures

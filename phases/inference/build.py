@@ -98,9 +98,17 @@ def _quantize(align_dir, out, texts, sink, val_rows=None) -> dict[str, Any]:
     int8_dir = save_int8(align_dir, out / "int8")
     figures = compare(align_dir, int8_dir, texts, rows=val_rows)
     (out / "quantization.json").write_text(json.dumps(figures, indent=2))
-    flat = {f"inference/quant/{m}/{k}": float(v) for m in ("fp32", "torchao_int8", "dynamic_int8")
-            for k, v in figures[m].items() if isinstance(v, (int, float)) and v is not None}
+    flat = {
+        f"inference/quant/{m}/{k}": float(v)
+        for m in ("fp32", "torchao_int8", "dynamic_int8")
+        for k, v in figures[m].items()
+        if isinstance(v, (int, float)) and v is not None
+    }
     sink.log_metrics(flat)
     q = figures["torchao_int8"]
-    return {"int8_size_ratio": q["size_ratio"], "int8_perplexity_rise": q["perplexity_rise"],
-            "fp32_perplexity": figures["fp32"]["perplexity"], "perplexity_on": figures["perplexity_on"]}
+    return {
+        "int8_size_ratio": q["size_ratio"],
+        "int8_perplexity_rise": q["perplexity_rise"],
+        "fp32_perplexity": figures["fp32"]["perplexity"],
+        "perplexity_on": figures["perplexity_on"],
+    }

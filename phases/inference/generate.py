@@ -49,7 +49,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
     """Rows of a prompts JSONL: ``{"prompt": text}`` or ``{"messages": [...]}`` (a trailing assistant turn is dropped)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"prompts file {path} does not exist; give a JSONL file with one {{\"prompt\": ...}} or {{\"messages\": [...]}} per line")
+        raise DataError(f'prompts file {path} does not exist; give a JSONL file with one {{"prompt": ...}} or {{"messages": [...]}} per line')
     rows: list[dict[str, Any]] = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -57,12 +57,12 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n} is not JSON ({e.msg}); each line must be {{\"prompt\": text}} or {{\"messages\": [...]}}") from None
+            raise DataError(f'{path}:{n} is not JSON ({e.msg}); each line must be {{"prompt": text}} or {{"messages": [...]}}') from None
         rows.append(_prompt_row(row, f"{path}:{n}"))
         if limit is not None and len(rows) >= limit:
             break
     if not rows:
-        raise DataError(f"prompts file {path} holds no prompts; add lines like {{\"prompt\": \"def add(a, b):\"}}")
+        raise DataError(f'prompts file {path} holds no prompts; add lines like {{"prompt": "def add(a, b):"}}')
     return rows
 
 
@@ -78,7 +78,7 @@ def _prompt_row(row: Any, where: str) -> dict[str, Any]:
         if not messages:
             raise DataError(f"{where}: no message before the assistant's turn")
         return {"messages": messages}
-    raise DataError(f"{where}: expected {{\"prompt\": non-empty text}} or {{\"messages\": [{{\"role\", \"content\"}}, ...]}}, got {str(row)[:80]}")
+    raise DataError(f'{where}: expected {{"prompt": non-empty text}} or {{"messages": [{{"role", "content"}}, ...]}}, got {str(row)[:80]}')
 
 
 def render(tokenizer, row: dict[str, Any], chat: bool) -> str:
@@ -97,8 +97,9 @@ def check_lengths(tokenizer, texts: Sequence[str], budget: int | None) -> list[i
     if budget is not None:
         for i, n in enumerate(counts):
             if n > budget:
-                raise DataError(f"prompt {i} has {n} tokens; with max_new_tokens the model's context leaves {budget}: "
-                                f"shorten the prompt or lower max_new_tokens")
+                raise DataError(
+                    f"prompt {i} has {n} tokens; with max_new_tokens the model's context leaves {budget}: shorten the prompt or lower max_new_tokens"
+                )
     return counts
 
 
@@ -135,9 +136,15 @@ def _record(tokenizer, text, row, ids, prompt_tokens, sample, latency, settings,
     completion, stopped = cut_at_stop(tokenizer.decode(ids[:n], skip_special_tokens=True), cfg.stop)
     ended = stopped or (n and ids[n - 1] == tokenizer.eos_token_id)
     return {
-        "prompt_sha256": prompt_hash(text), "prompt": row.get("prompt", text), "sample": sample,
-        "completion": completion, "prompt_tokens": prompt_tokens, "completion_tokens": n,
-        "finish_reason": "stop" if ended else "length", "latency_s": round(latency, 6), "sampling": settings,
+        "prompt_sha256": prompt_hash(text),
+        "prompt": row.get("prompt", text),
+        "sample": sample,
+        "completion": completion,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": n,
+        "finish_reason": "stop" if ended else "length",
+        "latency_s": round(latency, 6),
+        "sampling": settings,
     }
 
 

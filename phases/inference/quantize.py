@@ -34,8 +34,7 @@ def _quantize_in_place(model) -> bool:
 
     embed = model.get_input_embeddings()
     tied = model.lm_head.weight is embed.weight
-    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
-              filter_fn=lambda m, fqn: m is embed)
+    quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)), filter_fn=lambda m, fqn: m is embed)
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and not (tied and fqn == "lm_head"))
     if tied:
         model.lm_head.weight = embed.weight  # one int8 copy of the vocabulary matrix, as fp32 had one
@@ -146,8 +145,7 @@ def tokens_per_s(model, tokenizer, batch: int, new_tokens: int = 16, use_cache: 
     import torch
 
     enc = tokenizer(["def read_config(path):"] * batch, return_tensors="pt", padding=True, add_special_tokens=False)
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
-              pad_token_id=tokenizer.pad_token_id)
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=tokenizer.pad_token_id)
     latencies = []
     with torch.inference_mode():
         model.generate(**enc, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
@@ -159,8 +157,9 @@ def tokens_per_s(model, tokenizer, batch: int, new_tokens: int = 16, use_cache: 
     return {"tokens_per_s": batch * new_tokens / best, "latency_s": best, "latencies": latencies}
 
 
-def compare(fp32_dir: Path, int8_dir: Path, texts: Sequence[str], *, batches: Sequence[int] = (1, 8), new_tokens: int = 16,
-            rows: np.ndarray | None = None) -> dict[str, Any]:
+def compare(
+    fp32_dir: Path, int8_dir: Path, texts: Sequence[str], *, batches: Sequence[int] = (1, 8), new_tokens: int = 16, rows: np.ndarray | None = None
+) -> dict[str, Any]:
     """fp32, torchao int8 (saved) and quantize_dynamic int8 (in memory) side by side: size, tokens/s, perplexity
     (on ``rows``, e.g. the model phase's val.bin, else on ``texts`` packed like it)."""
     from phases.evaluate.perplexity import perplexity
@@ -175,8 +174,11 @@ def compare(fp32_dir: Path, int8_dir: Path, texts: Sequence[str], *, batches: Se
     out: dict[str, Any] = {"validation_tokens": int(rows.size), "perplexity_on": source}
     for name, model in (("fp32", fp32), ("torchao_int8", torchao), ("dynamic_int8", dynamic)):
         ppl = perplexity(model, rows, batch_size=8, max_batches=64)["perplexity"]
-        out[name] = {"bytes": sizes[name], "perplexity": ppl if math.isfinite(ppl) else None,
-                     **{f"tokens_per_s_b{b}": tokens_per_s(model, tokenizer, b, new_tokens)["tokens_per_s"] for b in batches}}
+        out[name] = {
+            "bytes": sizes[name],
+            "perplexity": ppl if math.isfinite(ppl) else None,
+            **{f"tokens_per_s_b{b}": tokens_per_s(model, tokenizer, b, new_tokens)["tokens_per_s"] for b in batches},
+        }
     for name in ("torchao_int8", "dynamic_int8"):
         out[name]["size_ratio"] = out[name]["bytes"] / out["fp32"]["bytes"]
         out[name]["perplexity_rise"] = out[name]["perplexity"] / out["fp32"]["perplexity"] - 1

@@ -50,13 +50,17 @@ def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
     try:
         client.get_registered_model(name)
     except Exception as e:  # mlflow.exceptions is beyond what phases/ may import
-        raise DataError(f"{uri}: no registered model named {name!r} at tracking URI {client.tracking_uri} ({_first_line(e)}); "
-                        f"set MLFLOW_TRACKING_URI to the registry that holds it") from None
+        raise DataError(
+            f"{uri}: no registered model named {name!r} at tracking URI {client.tracking_uri} ({_first_line(e)}); "
+            f"set MLFLOW_TRACKING_URI to the registry that holds it"
+        ) from None
     try:
         version = client.get_model_version_by_alias(name, m["alias"]) if m["alias"] else client.get_model_version(name, m["version"])
     except Exception:
         what = f"alias {m['alias']!r} is not set" if m["alias"] else f"version {m['version']} does not exist"
-        raise DataError(f"{uri}: {what} on registered model {name!r}; see its versions with MlflowClient().search_model_versions(\"name='{name}'\")") from None
+        raise DataError(
+            f"{uri}: {what} on registered model {name!r}; see its versions with MlflowClient().search_model_versions(\"name='{name}'\")"
+        ) from None
     location = client.get_model_version_download_uri(name, version.version)
     local = _local_path(location)
     if local is not None and local.exists():
@@ -66,7 +70,7 @@ def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
     source = version.source or ""
     if version.run_id:
         base = client.get_run(version.run_id).info.artifact_uri.rstrip("/")
-        rel = source.split("/", 2)[2] if source.startswith("runs:/") else source[len(base):].strip("/") if source.startswith(base) else ""
+        rel = source.split("/", 2)[2] if source.startswith("runs:/") else source[len(base) :].strip("/") if source.startswith(base) else ""
         return Path(client.download_artifacts(version.run_id, rel, str(dst)))
     model_id = getattr(version, "model_id", None)
     if model_id:
@@ -95,8 +99,7 @@ def find_hf_dirs(root: Path, label: str) -> tuple[Path, Path]:
     models = [d for d in candidates if (d / "config.json").is_file() and any(d.glob("*.safetensors"))]
     models = [d for d in models if d.name != "reward_model"] or models
     if not models:
-        raise DataError(f"{label}: no model under {root} (no config.json with *.safetensors weights); "
-                        f"give a directory saved with save_pretrained")
+        raise DataError(f"{label}: no model under {root} (no config.json with *.safetensors weights); give a directory saved with save_pretrained")
     model_dir = models[0]
     tokenizers = [d for d in [model_dir, *candidates] if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()]
     if not tokenizers:

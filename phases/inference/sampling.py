@@ -32,8 +32,7 @@ def generation_kwargs(cfg: InferenceConfig, pad_token_id: int, eos_token_id: int
     if cfg.greedy:
         kw["do_sample"] = False  # no sampling flags: generate would warn that they are unused
     else:
-        kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                  num_return_sequences=cfg.num_return_sequences)
+        kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, num_return_sequences=cfg.num_return_sequences)
         if cfg.min_p > 0:
             kw["min_p"] = cfg.min_p
     if cfg.repetition_penalty != 1.0:
@@ -47,8 +46,17 @@ def sampling_record(cfg: InferenceConfig) -> dict[str, Any]:
     """The settings a completion was sampled with, as stored beside it."""
     if cfg.greedy:
         return {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "repetition_penalty": cfg.repetition_penalty, "stop": list(cfg.stop)}
-    return {"greedy": False, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "min_p": cfg.min_p,
-            "repetition_penalty": cfg.repetition_penalty, "stop": list(cfg.stop), "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    return {
+        "greedy": False,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "min_p": cfg.min_p,
+        "repetition_penalty": cfg.repetition_penalty,
+        "stop": list(cfg.stop),
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+    }
 
 
 def prompt_hash(text: str) -> str:
@@ -90,8 +98,7 @@ def prompt_budget(max_positions: int | None, max_new_tokens: int) -> int | None:
         return None
     if max_new_tokens >= max_positions:
         raise ConfigError(
-            f"inference.max_new_tokens={max_new_tokens} does not fit the model's context of {max_positions} tokens; "
-            f"use at most {max_positions - 1}"
+            f"inference.max_new_tokens={max_new_tokens} does not fit the model's context of {max_positions} tokens; use at most {max_positions - 1}"
         )
     return max_positions - max_new_tokens
 

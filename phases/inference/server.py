@@ -159,8 +159,12 @@ class RequestGuard:
                 raise RequestError(400, f"{name}={v!r} is outside [{lo:g}, {hi:g}]", name)
         prompt_tokens = self._prompt_tokens(field, body[field])
         if self.context is not None and prompt_tokens + asked > self.context:
-            raise RequestError(400, f"the prompt has {prompt_tokens} tokens; with {key}={asked} that exceeds the context of "
-                                    f"{self.context} tokens: shorten the prompt or ask for fewer tokens", field)
+            raise RequestError(
+                400,
+                f"the prompt has {prompt_tokens} tokens; with {key}={asked} that exceeds the context of "
+                f"{self.context} tokens: shorten the prompt or ask for fewer tokens",
+                field,
+            )
         return body
 
     def _prompt_tokens(self, field: str, value: Any) -> int:
@@ -184,8 +188,13 @@ class RequestGuard:
 
 async def _error(send, e: RequestError) -> None:
     body = json.dumps({"error": {"message": e.message, "type": "invalid_request_error", "param": e.param, "code": e.status}}).encode()
-    await send({"type": "http.response.start", "status": e.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": e.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -48,8 +48,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def write(out: Path, tokenizer, architecture: dict[str, Any], train: np.ndarray, val: np.ndarray,
-          plan: dict[str, Any] | None = None) -> Packed:
+def write(out: Path, tokenizer, architecture: dict[str, Any], train: np.ndarray, val: np.ndarray, plan: dict[str, Any] | None = None) -> Packed:
     """Write the whole artifact but the per-row document tables; ``train``/``val`` are (rows, seq_len) arrays."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,9 +62,16 @@ def write(out: Path, tokenizer, architecture: dict[str, Any], train: np.ndarray,
 
 
 def packed_meta(tokenizer, seq_len: int, train_sequences: int, val_sequences: int) -> Packed:
-    return Packed(dtype=token_dtype(len(tokenizer)).name, seq_len=seq_len, train_sequences=train_sequences,
-                  val_sequences=val_sequences, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id,
-                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    return Packed(
+        dtype=token_dtype(len(tokenizer)).name,
+        seq_len=seq_len,
+        train_sequences=train_sequences,
+        val_sequences=val_sequences,
+        vocab_size=len(tokenizer),
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+    )
 
 
 def write_meta(out: Path, architecture: dict[str, Any], packed: Packed, plan: dict[str, Any] | None = None) -> None:
@@ -130,8 +136,12 @@ def check(model_dir: Path) -> None:
             )
     model = read_architecture(model_dir)
     if meta.get("vocab_size") and model.get("vocab_size", 0) < meta["vocab_size"]:
-        raise DataError(f"model_config.json vocab_size={model.get('vocab_size')} is below the tokenizer's "
-                        f"{meta['vocab_size']} (packed.json); the model phase must size the embeddings to the tokenizer")
+        raise DataError(
+            f"model_config.json vocab_size={model.get('vocab_size')} is below the tokenizer's "
+            f"{meta['vocab_size']} (packed.json); the model phase must size the embeddings to the tokenizer"
+        )
     if model.get("max_position_embeddings", meta["seq_len"]) < meta["seq_len"]:
-        raise DataError(f"model_config.json max_position_embeddings={model['max_position_embeddings']} is below "
-                        f"seq_len={meta['seq_len']} (packed.json); raise model.max_position_embeddings")
+        raise DataError(
+            f"model_config.json max_position_embeddings={model['max_position_embeddings']} is below "
+            f"seq_len={meta['seq_len']} (packed.json); raise model.max_position_embeddings"
+        )

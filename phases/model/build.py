@@ -24,8 +24,17 @@ def budget_plan(cfg: ModelConfig, vocab: int, tokens_available: int | None = Non
     if cfg.budget_flops is None and cfg.gpu_hours is None:
         return None
     law = json.loads(Path(cfg.loss_law).read_text()) if cfg.loss_law else None
-    return plan(vocab=vocab, seq_len=cfg.seq_len, budget_flops=cfg.budget_flops, gpu_hours=cfg.gpu_hours, gpu=cfg.gpu,
-                num_gpus=cfg.num_gpus, mfu=cfg.mfu, tokens_available=tokens_available, loss_law=law)
+    return plan(
+        vocab=vocab,
+        seq_len=cfg.seq_len,
+        budget_flops=cfg.budget_flops,
+        gpu_hours=cfg.gpu_hours,
+        gpu=cfg.gpu,
+        num_gpus=cfg.num_gpus,
+        mfu=cfg.mfu,
+        tokens_available=tokens_available,
+        loss_law=law,
+    )
 
 
 def resolve_shape(cfg: ModelConfig, vocab: int, tokens_available: int) -> tuple[tuple[int, int, int, int], dict[str, Any]]:
@@ -37,8 +46,11 @@ def resolve_shape(cfg: ModelConfig, vocab: int, tokens_available: int) -> tuple[
     n = llama_parameters(vocab, shape[0], shape[1], shape[3])
     # Without a budget, report what the data implies for this shape (one epoch, and Chinchilla's 20 N).
     report = {
-        "method": f"size:{cfg.size}" if cfg.size else "explicit", "parameters": n, "tokens_available": tokens_available,
-        "compute_one_epoch_flops": 6.0 * n * tokens_available, "chinchilla_tokens": 20 * n,
+        "method": f"size:{cfg.size}" if cfg.size else "explicit",
+        "parameters": n,
+        "tokens_available": tokens_available,
+        "compute_one_epoch_flops": 6.0 * n * tokens_available,
+        "chinchilla_tokens": 20 * n,
         "chinchilla_epochs": round(20 * n / max(tokens_available, 1), 3),
     }
     return shape, report
@@ -91,7 +103,9 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
     for name, split in (("train", train_dir), ("val", val_dir)):
         stats = pack_split(split, tokenizer, cfg.seq_len, out / f"{name}.bin", out / f"{name}_docs.parquet")
         if stats.sequences == 0:
-            raise DataError(f"the {name} split holds {stats.doc_tokens} tokens, fewer than one sequence of model.seq_len={cfg.seq_len}; lower seq_len or add data")
+            raise DataError(
+                f"the {name} split holds {stats.doc_tokens} tokens, fewer than one sequence of model.seq_len={cfg.seq_len}; lower seq_len or add data"
+            )
         split_stats[name] = stats
 
     tr = split_stats["train"]
@@ -122,7 +136,13 @@ def build(cfg: ModelConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[
     artifact.write_meta(out, config, packed, sizing)
     sink.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     for row in per_source:
-        sink.log_metrics({f"fertility/{row['source']}": row["fertility"], f"bytes_per_token/{row['source']}": row["bytes_per_token"], f"tokens/{row['source']}": row["tokens"]})
+        sink.log_metrics(
+            {
+                f"fertility/{row['source']}": row["fertility"],
+                f"bytes_per_token/{row['source']}": row["bytes_per_token"],
+                f"tokens/{row['source']}": row["tokens"],
+            }
+        )
     sink.log_dict(asdict(packed), artifact.PACKED)
     write_table([{"key": k, "value": v} for k, v in sizing.items()], "plan_table.json", sink)
     write_table(per_source, "tokenizer_stats.json", sink)

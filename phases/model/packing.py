@@ -64,7 +64,10 @@ def pack_split(split_dir: Path, tokenizer, seq_len: int, out_bin: Path, out_docs
                 encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
                 pieces = []
                 for doc_id, source, text, ids in zip(batch.column("id").to_pylist(), batch.column("source").to_pylist(), texts, encoded):
-                    ids_col.append(doc_id); src_col.append(source); start_col.append(position); len_col.append(len(ids) + 1)
+                    ids_col.append(doc_id)
+                    src_col.append(source)
+                    start_col.append(position)
+                    len_col.append(len(ids) + 1)
                     pieces.append(np.asarray(ids + [eos], dtype=dtype))
                     position += len(ids) + 1
                     stats.add(source, len(ids), len(text.split()), len(text.encode("utf-8")))

@@ -60,9 +60,7 @@ def train_tokenizer(split_dir: Path, vocab_size: int, min_frequency: int, max_by
         show_progress=False,
     )
     tok.train_from_iterator((t for batch in iter_texts(split_dir, max_bytes) for t in batch), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, additional_special_tokens=list(extra_special)
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, additional_special_tokens=list(extra_special))
     fast.chat_template = CHAT_TEMPLATE
     log.info("model: trained a byte-level BPE of %d tokens", len(fast))
     return fast

@@ -23,16 +23,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from phases.config import PretrainConfig
 from phases.env import OFFLINE
 from phases.errors import LaunchError
 from phases.metrics import MetricsSink
 from phases.model import artifact
-from phases.process import run_supervised
 from phases.pretrain import checkpoint
 from phases.pretrain.dsconfig import deepspeed_config, for_budget
 from phases.pretrain.export import write_model_card
+from phases.process import run_supervised
 from phases.refs import PhaseRef
 from phases.storage import readable_by_all
 
@@ -52,20 +51,27 @@ def build(cfg: PretrainConfig, inputs: dict[str, PhaseRef], out: Path, sink: Met
     world_size = cfg.num_gpus * cfg.num_nodes
     budgeted = for_budget(cfg, artifact.read_plan(model_dir), int(artifact.read_packed(model_dir)["seq_len"]), world_size)
     if budgeted is not cfg:
-        log.info("pretrain: the compute budget plans %s tokens: %d steps (instead of pretrain.max_steps=%d)",
-                 f"{artifact.read_plan(model_dir)['tokens']:,}", budgeted.max_steps, cfg.max_steps)
+        log.info(
+            "pretrain: the compute budget plans %s tokens: %d steps (instead of pretrain.max_steps=%d)",
+            f"{artifact.read_plan(model_dir)['tokens']:,}",
+            budgeted.max_steps,
+            cfg.max_steps,
+        )
         cfg = budgeted
     ds_config = deepspeed_config(cfg, world_size)  # fail on a bad config here, not in N ranks
     data_fp = inputs["model"].fingerprint
-    plan = checkpoint.plan_resume(cfg, checkpoint.checkpoint_dir(cfg, model_dir, out), data_fp,
-                                  checkpoint.file_digest(model_dir / "tokenizer" / "tokenizer.json"))
+    plan = checkpoint.plan_resume(
+        cfg, checkpoint.checkpoint_dir(cfg, model_dir, out), data_fp, checkpoint.file_digest(model_dir / "tokenizer" / "tokenizer.json")
+    )
     log.info("pretrain: %s (checkpoints in %s)", _describe(plan), plan["dir"])
     args_path = out / "training_args.json"
-    args_path.write_text(json.dumps(
-        {"pretrain": cfg.model_dump(mode="json"), "deepspeed": ds_config, "model_dir": str(model_dir), "out": str(out),
-         "checkpoint": plan},
-        indent=2, sort_keys=True,
-    ))
+    args_path.write_text(
+        json.dumps(
+            {"pretrain": cfg.model_dump(mode="json"), "deepspeed": ds_config, "model_dir": str(model_dir), "out": str(out), "checkpoint": plan},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     sink.log_dict(ds_config, "deepspeed_config.json")
     cmd = launcher_command(cfg, ["--args", str(args_path)], free_port())
     run_supervised(cmd, child_env(sink), cwd=Path.cwd(), timeout_s=cfg.timeout_s, logger=log, log_path=out / "train.log")
@@ -98,8 +104,18 @@ def launcher_command(cfg: PretrainConfig, entry_args: list[str], master_port: in
     rank run ``python -u -m phases.pretrain.entry`` (deepspeed/launcher/launch.py), so the
     entry is found through the installed package, not a file path.
     """
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner",
-           "--num_gpus", str(cfg.num_gpus), "--num_nodes", str(cfg.num_nodes), "--master_port", str(master_port)]
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(cfg.num_gpus),
+        "--num_nodes",
+        str(cfg.num_nodes),
+        "--master_port",
+        str(master_port),
+    ]
     if cfg.hostfile:
         # Multi-node: the runner ssh-es (pdsh) to the hosts and exports only MLFLOW*/PYTHON*
         # variables; put HF_HUB_OFFLINE=1 and the like into ~/.deepspeed_env on those hosts.

@@ -39,8 +39,19 @@ CLIENT_KEY = "lifecycle"
 _TAG = re.compile(r"^g(\d+)-step(\d+)$")
 # Fields that change how a run is operated, not which weights it produces: changing them
 # must not orphan the checkpoints (raising timeout_s on a killed run and resuming is the point).
-OPERATIONAL_FIELDS = ("timeout_s", "checkpoint_every", "keep_checkpoints", "resume", "on_new_data",
-                      "activation_checkpointing", "compile", "peak_flops", "eval_every", "eval_batches", "hostfile")
+OPERATIONAL_FIELDS = (
+    "timeout_s",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "on_new_data",
+    "activation_checkpointing",
+    "compile",
+    "peak_flops",
+    "eval_every",
+    "eval_batches",
+    "hostfile",
+)
 
 
 @dataclass
@@ -99,8 +110,14 @@ def plan_resume(cfg: PretrainConfig, ckpt_dir: Path, data_fingerprint: str, toke
     deletes those checkpoints and starts fresh, ``warm_start`` continues from their weights (same
     tokenizer only), ``fail`` raises a :class:`DataError` naming the fixes.
     """
-    plan = {"dir": str(ckpt_dir), "mode": "fresh", "tag": None, "generation": 0,
-            "data_fingerprint": data_fingerprint, "tokenizer_digest": tokenizer_digest}
+    plan = {
+        "dir": str(ckpt_dir),
+        "mode": "fresh",
+        "tag": None,
+        "generation": 0,
+        "data_fingerprint": data_fingerprint,
+        "tokenizer_digest": tokenizer_digest,
+    }
     if cfg.resume == "never":
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # else its old tags would mix with the new run's
         return plan
@@ -134,8 +151,7 @@ def plan_resume(cfg: PretrainConfig, ckpt_dir: Path, data_fingerprint: str, toke
 
 def restore(engine, plan: dict[str, Any], rank: int) -> RunState:
     """Load the planned checkpoint into ``engine`` (every rank calls this); return the run state."""
-    fresh = RunState(generation=plan["generation"], data_fingerprint=plan["data_fingerprint"],
-                     tokenizer_digest=plan["tokenizer_digest"])
+    fresh = RunState(generation=plan["generation"], data_fingerprint=plan["data_fingerprint"], tokenizer_digest=plan["tokenizer_digest"])
     if plan["mode"] == "fresh":
         return fresh
     ckpt_dir, tag = plan["dir"], plan["tag"]
@@ -178,8 +194,7 @@ class Saver:
         self.dist.barrier()  # every rank's RNG file and shard is on disk before latest.json names the tag
         if rank == 0:
             _write_json(self.dir / tag / STATE_FILE, record)
-            _write_json(self.dir / LATEST, {"tag": tag, **{k: record[k] for k in
-                        ("step", "generation", "data_fingerprint", "tokenizer_digest")}})
+            _write_json(self.dir / LATEST, {"tag": tag, **{k: record[k] for k in ("step", "generation", "data_fingerprint", "tokenizer_digest")}})
             self._prune(keep=tag)
         self.dist.barrier()
         self.last_saved = state.step
@@ -198,8 +213,11 @@ def get_rng_state() -> dict[str, Any]:
 
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state().tolist()}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
@@ -221,8 +239,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def read_rng_state(tag_dir: Path, rank: int) -> dict[str, Any]:
     path = Path(tag_dir) / f"rng_rank{rank}.json"
     if not path.is_file():
-        raise DataError(f"checkpoint {tag_dir} has no {path.name} (an older version kept RNG states in a pickle, "
-                        "which is no longer loaded); set pretrain.resume=never to train from scratch")
+        raise DataError(
+            f"checkpoint {tag_dir} has no {path.name} (an older version kept RNG states in a pickle, "
+            "which is no longer loaded); set pretrain.resume=never to train from scratch"
+        )
     return json.loads(path.read_text())
 
 

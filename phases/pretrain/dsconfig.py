@@ -105,8 +105,13 @@ def deepspeed_for_plan(p) -> dict[str, Any]:
     """The DeepSpeed config a :class:`phases.model.sizing.Plan` implies (``lifecycle plan`` prints it)."""
     steps = max(2, p.max_steps)
     cfg = PretrainConfig(
-        max_steps=steps, micro_batch_size=p.micro_batch_size, grad_accum=p.grad_accum, zero_stage=p.zero_stage,
-        precision=p.precision, num_gpus=p.num_gpus, warmup_steps=min(2000, steps // 10),
+        max_steps=steps,
+        micro_batch_size=p.micro_batch_size,
+        grad_accum=p.grad_accum,
+        zero_stage=p.zero_stage,
+        precision=p.precision,
+        num_gpus=p.num_gpus,
+        warmup_steps=min(2000, steps // 10),
     )
     return deepspeed_config(cfg, world_size=p.num_gpus)
 

@@ -54,9 +54,20 @@ def main(argv: list[str] | None = None) -> None:
     val_data = loop.PackedSequences(model_dir / "val.bin", meta, rank, world, cfg.seed)
     sink = sink_from_env(out / "metrics.jsonl") if rank == 0 else NullSink()
     keep_ids = {meta.get("eos_id"), meta.get("bos_id")}  # if pad shares an id with these, keep it as a target
-    summary = loop.train(engine, train_data, val_data, cfg, sink, meta.get("pad_id"), keep_ids, dist, log=_print0,
-                         state=state, on_step=checkpoint.Saver(engine, cfg, plan, dist),
-                         flops_per_token=flops_per_token(arch, train_data.seq_len))
+    summary = loop.train(
+        engine,
+        train_data,
+        val_data,
+        cfg,
+        sink,
+        meta.get("pad_id"),
+        keep_ids,
+        dist,
+        log=_print0,
+        state=state,
+        on_step=checkpoint.Saver(engine, cfg, plan, dist),
+        flops_per_token=flops_per_token(arch, train_data.seq_len),
+    )
     summary.update(facts)
     loop.save(engine, out, model_dir / "tokenizer", summary, dist)
     dist.destroy_process_group()

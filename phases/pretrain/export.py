@@ -18,14 +18,32 @@ from phases.model import artifact
 CARD = "README.md"
 
 
-def model_card(cfg: PretrainConfig, summary: dict[str, Any], data_fingerprint: str, data_uri: str,
-               architecture: dict[str, Any]) -> str:
-    arch_keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "tie_word_embeddings")
+def model_card(cfg: PretrainConfig, summary: dict[str, Any], data_fingerprint: str, data_uri: str, architecture: dict[str, Any]) -> str:
+    arch_keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+    )
     arch = {k: architecture.get(k) for k in arch_keys}
-    results = "\n".join(f"| {k} | {_fmt(summary.get(k))} |" for k in
-                        ("steps", "tokens_seen", "first_loss", "final_loss", "val_loss", "val_perplexity",
-                         "global_batch_size", "world_size", "generation", "resumed_from"))
+    results = "\n".join(
+        f"| {k} | {_fmt(summary.get(k))} |"
+        for k in (
+            "steps",
+            "tokens_seen",
+            "first_loss",
+            "final_loss",
+            "val_loss",
+            "val_perplexity",
+            "global_batch_size",
+            "world_size",
+            "generation",
+            "resumed_from",
+        )
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation

@@ -16,6 +16,7 @@ from typing import Any
 
 from phases.hardware import device_peak_flops
 
+
 def peak_flops(override: float | None, device_name: str | None) -> float | None:
     """The config's ``peak_flops`` if set, else the hardware table's peak for the device, else None."""
     if override:

@@ -173,8 +173,20 @@ def optimizer_step(engine, batches, accum: int, pad_id, keep_ids) -> tuple[torch
     return step_loss, grad_norm
 
 
-def train(engine, train_data, val_data, cfg: PretrainConfig, sink, pad_id, keep_ids, dist, log=print,
-          state: RunState | None = None, on_step=None, flops_per_token: float | None = None) -> dict[str, Any]:
+def train(
+    engine,
+    train_data,
+    val_data,
+    cfg: PretrainConfig,
+    sink,
+    pad_id,
+    keep_ids,
+    dist,
+    log=print,
+    state: RunState | None = None,
+    on_step=None,
+    flops_per_token: float | None = None,
+) -> dict[str, Any]:
     """Run optimizer steps ``state.step + 1 .. cfg.max_steps``; returns the run's headline summary.
 
     ``state`` is where a resumed run stands (a fresh one by default); ``on_step(state)`` runs
@@ -221,8 +233,9 @@ def train(engine, train_data, val_data, cfg: PretrainConfig, sink, pad_id, keep_
     return summary
 
 
-def _summary(state: RunState, cfg: PretrainConfig, tokens_per_step: int, world: int, global_batch: int,
-             session_steps: int, session_time: float) -> dict[str, Any]:
+def _summary(
+    state: RunState, cfg: PretrainConfig, tokens_per_step: int, world: int, global_batch: int, session_steps: int, session_time: float
+) -> dict[str, Any]:
     # Throughput of this attempt only: a resumed attempt's steps ran on this process's
     # hardware, the earlier ones possibly elsewhere. Losses span the whole run.
     return {
@@ -230,8 +243,7 @@ def _summary(state: RunState, cfg: PretrainConfig, tokens_per_step: int, world: 
         "final_loss": state.losses[-1],
         "val_loss": state.val_loss,
         "val_perplexity": _perplexity(state.val_loss),
-        "tokens_per_s": tokens_per_step * (session_steps / session_time if session_time
-                                           else len(state.losses) / max(state.train_seconds, 1e-9)),
+        "tokens_per_s": tokens_per_step * (session_steps / session_time if session_time else len(state.losses) / max(state.train_seconds, 1e-9)),
         "steps": cfg.max_steps,
         "tokens_seen": tokens_per_step * cfg.max_steps,
         "world_size": world,

@@ -74,8 +74,7 @@ def build_engine(cfg, arch: dict[str, Any], world_size: int):
     if cfg.activation_checkpointing:
         # Non-reentrant: the reentrant variant needs inputs that require grad and warns on ints.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay),
-                                      config=deepspeed_config(cfg, world_size))
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=deepspeed_config(cfg, world_size))
     return engine
 
 

@@ -63,8 +63,9 @@ def fit_power_law(points: Sequence[ScalingPoint]) -> ScalingFit:
     p0 = (e0, max(loss.max() - e0, 1e-3), 0.3)
     bounds = ([0.0, 0.0, 1e-3], [loss.min(), np.inf, 3.0])  # E below every observed loss
     (E, a_scaled, alpha), _ = curve_fit(power_law, x, loss, p0=p0, bounds=bounds, maxfev=20000)
-    return ScalingFit(E=float(E), A=float(a_scaled * scale**alpha), alpha=float(alpha), points=tuple(points),
-                      frontier=compute_optimal_frontier(points))
+    return ScalingFit(
+        E=float(E), A=float(a_scaled * scale**alpha), alpha=float(alpha), points=tuple(points), frontier=compute_optimal_frontier(points)
+    )
 
 
 def compute_optimal_frontier(points: Sequence[ScalingPoint]) -> dict[str, float]:
@@ -86,8 +87,14 @@ def compute_optimal_frontier(points: Sequence[ScalingPoint]) -> dict[str, float]
 def save_fit(fit: ScalingFit, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"law": "L(N) = E + A * N^-alpha", "E": fit.E, "A": fit.A, "alpha": fit.alpha,
-           "frontier": fit.frontier, "points": [asdict(p) for p in fit.points]}
+    doc = {
+        "law": "L(N) = E + A * N^-alpha",
+        "E": fit.E,
+        "A": fit.A,
+        "alpha": fit.alpha,
+        "frontier": fit.frontier,
+        "points": [asdict(p) for p in fit.points],
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)  # a planner reading it never sees half a file

@@ -31,11 +31,13 @@ def rows_to_documents(docs: pa.Table, rows: np.ndarray, seq_len: int) -> pa.Tabl
     np.add.at(counts, last, -1)
     per_doc = np.cumsum(counts)[:-1]
     keep = np.nonzero(per_doc)[0]
-    return pa.table({
-        "id": docs.column("id").take(pa.array(keep)),
-        "source": docs.column("source").take(pa.array(keep)),
-        "rows": pa.array(per_doc[keep]),
-    })
+    return pa.table(
+        {
+            "id": docs.column("id").take(pa.array(keep)),
+            "source": docs.column("source").take(pa.array(keep)),
+            "rows": pa.array(per_doc[keep]),
+        }
+    )
 
 
 def documents_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[pa.Table, dict]:
@@ -62,9 +64,16 @@ def documents_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[pa.Tab
     by_source: dict[str, int] = {}
     for s in table.column("source").to_pylist():
         by_source[s] = by_source.get(s, 0) + 1
-    info = {"steps": steps, "rows": int(len(rows)), "distinct_rows": int(len(np.unique(rows))), "documents": table.num_rows,
-            "documents_available": pq.read_metadata(model_dir / "train_docs.parquet").num_rows, "by_source": by_source,
-            # After a warm start (generation > 0) the data position was reset: earlier
-            # generations trained on other data, recorded in their own outputs.
-            "generation": summary.get("generation", 0), "model_dir": str(model_dir)}
+    info = {
+        "steps": steps,
+        "rows": int(len(rows)),
+        "distinct_rows": int(len(np.unique(rows))),
+        "documents": table.num_rows,
+        "documents_available": pq.read_metadata(model_dir / "train_docs.parquet").num_rows,
+        "by_source": by_source,
+        # After a warm start (generation > 0) the data position was reset: earlier
+        # generations trained on other data, recorded in their own outputs.
+        "generation": summary.get("generation", 0),
+        "model_dir": str(model_dir),
+    }
     return table, info

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def _vocabulary(rng: np.random.Generator, size: int = 30_000) -> list[str]:
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     lengths = rng.integers(2, 10, size)
@@ -42,8 +41,9 @@ def edit(rng: random.Random, words: list[str], rate: float, vocab: list[str]) ->
     return out
 
 
-def synthetic_corpus(n_docs: int, dup_share: float = 0.3, edit_rates=(0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04),
-                     seed: int = 0) -> list[tuple[str, str]]:
+def synthetic_corpus(
+    n_docs: int, dup_share: float = 0.3, edit_rates=(0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04), seed: int = 0
+) -> list[tuple[str, str]]:
     """(id, text) rows; ids are shuffled so a near copy sorts before its base about half the time."""
     nrng = np.random.default_rng(seed)
     rng = random.Random(seed)
@@ -64,8 +64,9 @@ def synthetic_corpus(n_docs: int, dup_share: float = 0.3, edit_rates=(0.005, 0.0
     return list(zip(ids, docs))
 
 
-def heavy_tailed_corpus(n_docs: int, alpha: float = 1.8, max_copies: int = 600, edit_rates=(0.005, 0.01, 0.015, 0.02, 0.03),
-                        seed: int = 0) -> list[tuple[str, str]]:
+def heavy_tailed_corpus(
+    n_docs: int, alpha: float = 1.8, max_copies: int = 600, edit_rates=(0.005, 0.01, 0.015, 0.02, 0.03), seed: int = 0
+) -> list[tuple[str, str]]:
     """(id, text) rows in clusters of a base document and its near copies; a cluster's size k is drawn
     with P(k) ~ k^-alpha for k in 1..max_copies (alpha 1.8: ~60% of clusters single, a few of hundreds).
     Copies are edited from their base at a rate drawn from ``edit_rates``; ids are shuffled."""
@@ -111,7 +112,7 @@ def true_pairs(rows: list[tuple[str, str]], ngram: int, threshold: float) -> dic
     ids = [r[0] for r in rows]
     keys, indptr = [], [0]
     for start in range(0, len(rows), 2000):
-        texts = [t for _, t in rows[start:start + 2000]]
+        texts = [t for _, t in rows[start : start + 2000]]
         sets = _text_keys(texts, ngram)
         for k in sets:
             keys.append(k)
@@ -143,18 +144,18 @@ def _text_keys(texts: list[str], ngram: int) -> list[np.ndarray]:
     def windows(t, w):
         h = np.full(len(t) - w + 1, np.uint64(w), np.uint64)
         for k in range(w):
-            h = _fmix64((h ^ t[k:k + len(h)]) * _GOLDEN)
+            h = _fmix64((h ^ t[k : k + len(h)]) * _GOLDEN)
         return h
 
     ends = np.cumsum(lengths)
     full = windows(th, ngram) if len(th) >= ngram else np.zeros(0, np.uint64)
-    doc = np.repeat(np.arange(len(lengths)), lengths)[:len(full)]
+    doc = np.repeat(np.arange(len(lengths)), lengths)[: len(full)]
     ok = np.arange(len(full)) + ngram <= ends[doc]  # windows crossing a document end are dropped
     doc, h = doc[ok], full[ok]
     short = [i for i, n in enumerate(lengths) if 0 < n < ngram]  # one shingle: all its tokens
     if short:
         doc = np.concatenate([doc, np.array(short)])
-        h = np.concatenate([h] + [windows(th[ends[i] - lengths[i]:ends[i]], int(lengths[i])) for i in short])
+        h = np.concatenate([h] + [windows(th[ends[i] - lengths[i] : ends[i]], int(lengths[i])) for i in short])
     order = np.lexsort((h, doc))
     doc, h = doc[order], h[order]
     first = np.r_[True, (doc[1:] != doc[:-1]) | (h[1:] != h[:-1])] if len(h) else np.zeros(0, bool)

@@ -80,21 +80,26 @@ def test_dedup_incremental(tmp_path):
     probe_after = signature_rate(sample, "token")
     equal = got == expected
     removed_vs_old = sum(1 for c, k in got.values() if not k and c < new[0][0])
-    lines = [f"# Incremental near-dedup speed, {datetime.date.today().isoformat()}", "",
-             f"Machine: {machine()}. {versions()}. At the end: {load()}.",
-             f"Corpus: synthetic_corpus({INDEX_DOCS + NEW_DOCS}, seed=1) sorted by id: the first {INDEX_DOCS} indexed, "
-             f"the last {NEW_DOCS} new. ngram=5, num_perm=128, tau=0.8, hashing=token, Spark local[2], warm session.",
-             f"Machine speed probe (the speed benchmark's signature rate on 5,000 documents, one core): {probe_before:,.0f} docs/s "
-             f"before, {probe_after:,.0f} after.", "",
-             "| measure | value | goal |", "|---|---|---|",
-             f"| index build (near_dedup + update_index, {INDEX_DOCS} docs) | {build_s:.1f} s | - |",
-             f"| incremental: {NEW_DOCS} new vs the index (near_dedup with index_dir + collect), best of {len(runs)} | {inc_s:.1f} s "
-             f"(runs: {', '.join(f'{r:.1f}' for r in runs)} s; "
-             f"{stats['candidate_buckets']} candidate buckets, {stats['jaccards_computed']} Jaccards computed, {stats['verified_pairs']} verified, {stats['removed']} removed, "
-             f"{removed_vs_old} of them into indexed clusters) | <= 10 s |",
-             f"| update_index with the new batch | {upd_s:.1f} s | - |",
-             f"| full recompute ({INDEX_DOCS + NEW_DOCS} docs, for comparison) | {full_s:.1f} s | - |",
-             f"| new documents' clusters equal the full recompute | {equal} | True |"]
+    lines = [
+        f"# Incremental near-dedup speed, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. {versions()}. At the end: {load()}.",
+        f"Corpus: synthetic_corpus({INDEX_DOCS + NEW_DOCS}, seed=1) sorted by id: the first {INDEX_DOCS} indexed, "
+        f"the last {NEW_DOCS} new. ngram=5, num_perm=128, tau=0.8, hashing=token, Spark local[2], warm session.",
+        f"Machine speed probe (the speed benchmark's signature rate on 5,000 documents, one core): {probe_before:,.0f} docs/s "
+        f"before, {probe_after:,.0f} after.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| index build (near_dedup + update_index, {INDEX_DOCS} docs) | {build_s:.1f} s | - |",
+        f"| incremental: {NEW_DOCS} new vs the index (near_dedup with index_dir + collect), best of {len(runs)} | {inc_s:.1f} s "
+        f"(runs: {', '.join(f'{r:.1f}' for r in runs)} s; "
+        f"{stats['candidate_buckets']} candidate buckets, {stats['jaccards_computed']} Jaccards computed, {stats['verified_pairs']} verified, {stats['removed']} removed, "
+        f"{removed_vs_old} of them into indexed clusters) | <= 10 s |",
+        f"| update_index with the new batch | {upd_s:.1f} s | - |",
+        f"| full recompute ({INDEX_DOCS + NEW_DOCS} docs, for comparison) | {full_s:.1f} s | - |",
+        f"| new documents' clusters equal the full recompute | {equal} | True |",
+    ]
     report = "\n".join(lines) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)

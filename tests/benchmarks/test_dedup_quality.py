@@ -30,8 +30,14 @@ HASHINGS = os.environ.get("DEDUP_QUALITY_HASHINGS", "sha1,token").split(",")
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                  if line.startswith("Model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     return f"{model}, {os.cpu_count()} cores"
 
 
@@ -105,13 +111,22 @@ def _evaluate(name, rows, spark, params):
     ds_comp = components(ids, ds["candidates"])
     ds_removed = len(ids) - len(set(ds_comp.values()))
     return {
-        "name": name, "docs": len(rows), "true_pairs": len(truth), "ideal_removed": ideal_removed,
+        "name": name,
+        "docs": len(rows),
+        "true_pairs": len(truth),
+        "ideal_removed": ideal_removed,
         "ours_recall": _recall(ours["found"], truth),
         "ours_precision": (sum(p in truth for p in ours["edges"]), len(ours["edges"])),
-        "ours_removed": ours["removed"], "ours_lost": sum(1 for i in ids if i not in in_pair and not ours["kept"][i]),
-        "ours_stats": ours["stats"], "ours_direct": ours["direct"], "ours_seconds": ours["seconds"],
-        "ds_recall": _recall(ds["candidates"], truth), "ds_precision": (sum(p in truth for p in ds["candidates"]), len(ds["candidates"])),
-        "ds_removed": ds_removed, "ds_lost": sum(1 for i in ids if i not in in_pair and ds_comp[i] != i), "ds_bands": ds["bands"],
+        "ours_removed": ours["removed"],
+        "ours_lost": sum(1 for i in ids if i not in in_pair and not ours["kept"][i]),
+        "ours_stats": ours["stats"],
+        "ours_direct": ours["direct"],
+        "ours_seconds": ours["seconds"],
+        "ds_recall": _recall(ds["candidates"], truth),
+        "ds_precision": (sum(p in truth for p in ds["candidates"]), len(ds["candidates"])),
+        "ds_removed": ds_removed,
+        "ds_lost": sum(1 for i in ids if i not in in_pair and ds_comp[i] != i),
+        "ds_bands": ds["bands"],
         "ds_seconds": ds["seconds"],
     }
 
@@ -122,28 +137,39 @@ def _ratio(x):
 
 def _report(results, params) -> str:
     b, r = params.banding()
-    lines = [f"# Near-dedup quality, {datetime.date.today().isoformat()}", "",
-             f"Machine: {machine()}. {versions()}.",
-             f"Parameters: tau={TAU}, ngram={params.ngram}, num_perm={params.num_perm}, seed={params.seed}, scheme={params.scheme}, "
-             f"hashing={'/'.join(HASHINGS)} (one section each), fn_weight={params.fn_weight} -> bands={b}, rows={r}. Spark local[2].",
-             "Ground truth: Jaccard over the same shingles (numbered by 64-bit keys) for all pairs sharing a shingle (sparse inverted index).",
-             "Pair recall: ours counts a true pair found when both documents are in one cluster (a verified path joins them); "
-             "datasketch's when it is a candidate pair. Precision: of our verified edges, of datasketch's candidates.",
-             "Goals: pair recall >= 0.995 (>= 0.98 for J in [0.80,0.85)), verified-pair precision >= 0.999, "
-             "no unique document lost, removed within +-0.5% of the ideal (connected components over true pairs).", ""]
+    lines = [
+        f"# Near-dedup quality, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. {versions()}.",
+        f"Parameters: tau={TAU}, ngram={params.ngram}, num_perm={params.num_perm}, seed={params.seed}, scheme={params.scheme}, "
+        f"hashing={'/'.join(HASHINGS)} (one section each), fn_weight={params.fn_weight} -> bands={b}, rows={r}. Spark local[2].",
+        "Ground truth: Jaccard over the same shingles (numbered by 64-bit keys) for all pairs sharing a shingle (sparse inverted index).",
+        "Pair recall: ours counts a true pair found when both documents are in one cluster (a verified path joins them); "
+        "datasketch's when it is a candidate pair. Precision: of our verified edges, of datasketch's candidates.",
+        "Goals: pair recall >= 0.995 (>= 0.98 for J in [0.80,0.85)), verified-pair precision >= 0.999, "
+        "no unique document lost, removed within +-0.5% of the ideal (connected components over true pairs).",
+        "",
+    ]
     for res in results:
-        lines += [f"## {res['name']}: {res['docs']} documents, {res['true_pairs']} true pairs, ideal removed {res['ideal_removed']}", "",
-                  "| metric | ours (verified) | datasketch MinHashLSH default (unverified) |", "|---|---|---|"]
+        lines += [
+            f"## {res['name']}: {res['docs']} documents, {res['true_pairs']} true pairs, ideal removed {res['ideal_removed']}",
+            "",
+            "| metric | ours (verified) | datasketch MinHashLSH default (unverified) |",
+            "|---|---|---|",
+        ]
         for k in res["ours_recall"]:
             lines.append(f"| pair recall {k} | {_ratio(res['ours_recall'][k])} | {_ratio(res['ds_recall'][k])} |")
         dev = lambda x: f"{x} ({(x - res['ideal_removed']) / max(res['ideal_removed'], 1) * 100:+.2f}% vs ideal)"  # noqa: E731
-        lines += [f"| pair precision | {_ratio(res['ours_precision'])} | {_ratio(res['ds_precision'])} |",
-                  f"| removed | {dev(res['ours_removed'])} | {dev(res['ds_removed'])} (components of candidates) |",
-                  f"| unique documents lost | {res['ours_lost']} | {res['ds_lost']} |",
-                  f"| bands x rows | {b} x {r} | {res['ds_bands'][0]} x {res['ds_bands'][1]} |",
-                  f"| candidates | {res['ours_stats']['candidate_buckets']} buckets, {res['ours_stats']['jaccards_computed']} Jaccards computed, "
-                  f"{res['ours_direct']} true pairs verified or exact | {res['ds_precision'][1]} pairs |",
-                  f"| seconds | {res['ours_seconds']:.1f} (Spark, incl. verification) | {res['ds_seconds']:.1f} (1 process, no verification) |", ""]
+        lines += [
+            f"| pair precision | {_ratio(res['ours_precision'])} | {_ratio(res['ds_precision'])} |",
+            f"| removed | {dev(res['ours_removed'])} | {dev(res['ds_removed'])} (components of candidates) |",
+            f"| unique documents lost | {res['ours_lost']} | {res['ds_lost']} |",
+            f"| bands x rows | {b} x {r} | {res['ds_bands'][0]} x {res['ds_bands'][1]} |",
+            f"| candidates | {res['ours_stats']['candidate_buckets']} buckets, {res['ours_stats']['jaccards_computed']} Jaccards computed, "
+            f"{res['ours_direct']} true pairs verified or exact | {res['ds_precision'][1]} pairs |",
+            f"| seconds | {res['ours_seconds']:.1f} (Spark, incl. verification) | {res['ds_seconds']:.1f} (1 process, no verification) |",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -153,11 +179,14 @@ def test_dedup_quality():
 
     spark = spark_session("local[2]")
     spark.conf.set("spark.sql.shuffle.partitions", "8")
-    corpora = [("synthetic (planted near copies, seed 0)", synthetic_corpus(SYNTHETIC_DOCS)),
-               ("real text (stdlib .py + site-packages licences)", real_corpus())]
+    corpora = [
+        ("synthetic (planted near copies, seed 0)", synthetic_corpus(SYNTHETIC_DOCS)),
+        ("real text (stdlib .py + site-packages licences)", real_corpus()),
+    ]
     try:
-        results = [_evaluate(f"{name}, hashing={h}", corpus, spark, NearDedupConfig(threshold=TAU, hashing=h))
-                   for h in HASHINGS for name, corpus in corpora]
+        results = [
+            _evaluate(f"{name}, hashing={h}", corpus, spark, NearDedupConfig(threshold=TAU, hashing=h)) for h in HASHINGS for name, corpus in corpora
+        ]
     finally:
         spark.stop()
     params = NearDedupConfig(threshold=TAU)

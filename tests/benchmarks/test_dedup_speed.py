@@ -95,16 +95,21 @@ def _corpus_rows(name, rows, src, tmp_path):
     for r in range(2, REPEATS + 1):
         ours(f"run {r}, after the baseline")
     mb = sum(len(t) for _, t in rows) / 1e6
-    lines = [f"## {name}: {len(rows)} documents, {mb:.0f} MB of JSONL text, {len(ideal)} to remove (ground truth, {truth_s:.0f} s)", "",
-             "| run | seconds | vs datasketch | doc recall | doc precision | removed | candidate buckets | Jaccards computed | verified |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| datasketch MinHashLSH default, 1 process, no verification | {base_s:.1f} | 1.00x | | | | {base_pairs} pairs | | |"]
+    lines = [
+        f"## {name}: {len(rows)} documents, {mb:.0f} MB of JSONL text, {len(ideal)} to remove (ground truth, {truth_s:.0f} s)",
+        "",
+        "| run | seconds | vs datasketch | doc recall | doc precision | removed | candidate buckets | Jaccards computed | verified |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| datasketch MinHashLSH default, 1 process, no verification | {base_s:.1f} | 1.00x | | | | {base_pairs} pairs | | |",
+    ]
     for label, secs, st, rec, prec in runs:
-        lines.append(f"| lifecycle dedup (defaults), {label} | {st['seconds']:.1f} ({secs:.1f} with the process start) | "
-                     f"{base_s / st['seconds']:.2f}x | {rec:.4f} | {prec:.4f} | {st['removed']} | {st['candidate_buckets']} | "
-                     f"{st['jaccards_computed']} | {st['verified_pairs']} |")
+        lines.append(
+            f"| lifecycle dedup (defaults), {label} | {st['seconds']:.1f} ({secs:.1f} with the process start) | "
+            f"{base_s / st['seconds']:.2f}x | {rec:.4f} | {prec:.4f} | {st['removed']} | {st['candidate_buckets']} | "
+            f"{st['jaccards_computed']} | {st['verified_pairs']} |"
+        )
     for label, _, st, _, _ in runs:
-        stages = ", ".join(f"{k[len('seconds_'):]} {v:.1f}" for k, v in st.items() if k.startswith("seconds_"))
+        stages = ", ".join(f"{k[len('seconds_') :]} {v:.1f}" for k, v in st.items() if k.startswith("seconds_"))
         lines += ["", f"Stages, {label} (seconds, each ends in an action): {stages}."]
     return lines + [""], base_s, runs
 
@@ -112,21 +117,27 @@ def _corpus_rows(name, rows, src, tmp_path):
 @pytest.mark.benchmark
 def test_dedup_speed(tmp_path):
     load_before = load()
-    corpora = {"synthetic (30% planted near copies, seed 1)": synthetic_corpus(DOCS, seed=1),
-               "heavy-tailed clusters (sizes ~ k^-1.8 up to 600, seed 1)": heavy_tailed_corpus(DOCS, seed=1)}
+    corpora = {
+        "synthetic (30% planted near copies, seed 1)": synthetic_corpus(DOCS, seed=1),
+        "heavy-tailed clusters (sizes ~ k^-1.8 up to 600, seed 1)": heavy_tailed_corpus(DOCS, seed=1),
+    }
     rate = signature_rate([t for _, t in corpora[next(iter(corpora))][:5000]], "token")
     sections, results = [], []
     for n, (name, rows) in enumerate(corpora.items()):
         lines, base_s, runs = _corpus_rows(f"corpus{n}", rows, tmp_path / f"corpus{n}.jsonl", tmp_path)
         sections += [lines[0].replace(f"corpus{n}", name)] + lines[1:]
         results.append((name, base_s, runs))
-    header = [f"# Near-dedup speed, {datetime.date.today().isoformat()}", "",
-              f"Machine: {machine()}. {versions()}. At the start: {load_before}; at the end: {load()}. "
-              f"Signature rate (token hash, one core, 5,000 documents): {rate:,.0f} docs/s.",
-              "Each run of ours is `lifecycle dedup --input corpus.jsonl --output DIR` with its defaults (hashing=token, local[*]) "
-              "in a new process: seconds are the command's own end to end (Spark start, JSONL read, checks, the five stages, outputs "
-              "written). Baseline: datasketch MinHashLSH with its defaults (sha1), one process, timed between our runs. "
-              "Doc recall/precision: the removed ids against those removed by components over all true pairs (exact Jaccard >= 0.8).", ""]
+    header = [
+        f"# Near-dedup speed, {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {machine()}. {versions()}. At the start: {load_before}; at the end: {load()}. "
+        f"Signature rate (token hash, one core, 5,000 documents): {rate:,.0f} docs/s.",
+        "Each run of ours is `lifecycle dedup --input corpus.jsonl --output DIR` with its defaults (hashing=token, local[*]) "
+        "in a new process: seconds are the command's own end to end (Spark start, JSONL read, checks, the five stages, outputs "
+        "written). Baseline: datasketch MinHashLSH with its defaults (sha1), one process, timed between our runs. "
+        "Doc recall/precision: the removed ids against those removed by components over all true pairs (exact Jaccard >= 0.8).",
+        "",
+    ]
     report = "\n".join(header + sections) + "\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)

@@ -46,10 +46,19 @@ def _model_dir(tmp: Path) -> Path:
     texts = [r["text"] for split in toy_artifacts.data_rows().values() for r in split]
     tok = toy_artifacts.train_tokenizer(texts, vocab_size=m.vocab_size)
     tok.model_max_length = m.max_position_embeddings
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                         num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
-                         max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp / "fp32")
     tok.save_pretrained(tmp / "fp32")
@@ -66,8 +75,10 @@ def _by_batch(model, tokenizer) -> dict:
             r = tokens_per_s(model, tokenizer, b, NEW_TOKENS, use_cache=cache, repeats=REPEATS)
             lat = r["latencies"]
             out[f"{'cache' if cache else 'no_cache'}/b{b}"] = {
-                "tokens_per_s_median": b * NEW_TOKENS / statistics.median(lat), "latency_p50_s": percentile(lat, 50),
-                "latency_p95_s": percentile(lat, 95)}
+                "tokens_per_s_median": b * NEW_TOKENS / statistics.median(lat),
+                "latency_p50_s": percentile(lat, 50),
+                "latency_p95_s": percentile(lat, 95),
+            }
     for cache in ("cache", "no_cache"):
         out[f"{cache}/b32_over_b1"] = out[f"{cache}/b32"]["tokens_per_s_median"] / out[f"{cache}/b1"]["tokens_per_s_median"]
     return out
@@ -107,8 +118,14 @@ def _server_load(model_dir: Path) -> dict:
     finally:
         srv.should_exit = True
         thread.join(10)
-    return {"clients": CLIENTS, "requests": len(lat), "requests_per_s": len(lat) / wall, "latency_p50_s": percentile(lat, 50),
-            "latency_p95_s": percentile(lat, 95), "max_tokens": 16}
+    return {
+        "clients": CLIENTS,
+        "requests": len(lat),
+        "requests_per_s": len(lat) / wall,
+        "latency_p50_s": percentile(lat, 50),
+        "latency_p95_s": percentile(lat, 95),
+        "max_tokens": 16,
+    }
 
 
 def test_inference_speed(tmp_path):
@@ -124,8 +141,12 @@ def test_inference_speed(tmp_path):
     validation = [r["text"] for r in toy_artifacts.data_rows()["validation"]]
     model, tokenizer = load_model(fp32_dir)
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_avg_before": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_before": os.getloadavg(),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "torchao": torchao.__version__},
         "model": {"dir": str(fp32_dir), "parameters": sum(p.numel() for p in model.parameters()), "new_tokens": NEW_TOKENS, "repeats": REPEATS},
         "by_batch_fp32": _by_batch(model, tokenizer),

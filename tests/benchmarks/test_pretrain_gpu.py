@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from phases.model import artifact
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.gpu]
@@ -73,8 +74,7 @@ class _Vocab:
 
     def __init__(self, size: int, tokenizer) -> None:
         self.size, self.tokenizer = size, tokenizer
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = (
-            tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def __len__(self) -> int:
         return self.size
@@ -120,8 +120,14 @@ def join_process_group() -> None:
     from phases.pretrain import runtime
     from phases.pretrain.build import free_port
 
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1",
-                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+    for k, v in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }.items():
         os.environ.setdefault(k, v)
     REPORT.setdefault("backend_requested", runtime.init_distributed())
 
@@ -153,8 +159,18 @@ def train_in_process(cfg, model_dir: Path, warmup: int, timed: int) -> dict:
         engine.compile()
     sink = ListSink()
     t0 = time.perf_counter()
-    summary = loop.train(engine, train, val, cfg, sink, meta["pad_id"], {meta["eos_id"], meta["bos_id"]}, dist,
-                         log=print, flops_per_token=flops_per_token(arch, train.seq_len))
+    summary = loop.train(
+        engine,
+        train,
+        val,
+        cfg,
+        sink,
+        meta["pad_id"],
+        {meta["eos_id"], meta["bos_id"]},
+        dist,
+        log=print,
+        flops_per_token=flops_per_token(arch, train.seq_len),
+    )
     wall = time.perf_counter() - t0
     tps, mfus = sink.series("train/tokens_per_s"), sink.series("train/mfu")
     step_tokens = engine.train_batch_size() * train.seq_len
@@ -165,7 +181,8 @@ def train_in_process(cfg, model_dir: Path, warmup: int, timed: int) -> dict:
         "parameters": sum(p.numel() for p in engine.module.parameters()),
         "flops_per_token": flops_per_token(arch, train.seq_len),
         "tokens_per_step": step_tokens,
-        "warmup": warmup, "timed": timed,
+        "warmup": warmup,
+        "timed": timed,
         "first_step_s": step_tokens / tps[0],
         "step_s": step_tokens / statistics.median(tps[warmup:]),
         "tokens_per_s": statistics.median(tps[warmup:]),
@@ -234,14 +251,27 @@ def environment() -> dict:
 
     props = torch.cuda.get_device_properties(0)
     return {
-        "gpu": torch.cuda.get_device_name(), "sms": props.multi_processor_count,
+        "gpu": torch.cuda.get_device_name(),
+        "sms": props.multi_processor_count,
         "memory_gib": props.total_memory / 2**30,
-        "nvidia_smi": read(lambda: subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-            capture_output=True, text=True, check=False, timeout=30).stdout.strip() or "-"),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": read(torch.backends.cudnn.version),
+        "nvidia_smi": read(
+            lambda: (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=30,
+                ).stdout.strip()
+                or "-"
+            )
+        ),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": read(torch.backends.cudnn.version),
         "nccl": read(lambda: ".".join(map(str, torch.cuda.nccl.version()))),
-        "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+        "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
 
@@ -260,9 +290,11 @@ def write_report(preset) -> Path:
     ceiling = r.get("matmul_flops")
     peak = p.peak_flops
     rows = []
-    for name, how in (("eager", "in-process: runtime.build_engine + loop.train"),
-                      ("compiled", "in-process, engine.compile() (pretrain.compile=true)"),
-                      ("launcher", f"launch.build: deepspeed launcher + entry, {LAUNCHER_STEPS} steps")):
+    for name, how in (
+        ("eager", "in-process: runtime.build_engine + loop.train"),
+        ("compiled", "in-process, engine.compile() (pretrain.compile=true)"),
+        ("launcher", f"launch.build: deepspeed launcher + entry, {LAUNCHER_STEPS} steps"),
+    ):
         x = runs.get(name)
         if x is None:
             continue
@@ -271,26 +303,27 @@ def write_report(preset) -> Path:
             continue
         mfu_vs_ceiling = x["mfu"] * peak / ceiling if x.get("mfu") and ceiling else None
         mem = f"{x['peak_memory_gib']:.1f}" if x.get("peak_memory_gib") is not None else "-"
-        rows.append(f"| {name} | {how} | {x['timed']} after {x['warmup']} | {x['step_s'] * 1e3:.0f} ms "
-                    f"(first {x['first_step_s']:.1f} s) | {x['tokens_per_s']:,.0f} | {_pct(x.get('mfu'))} | "
-                    f"{_pct(mfu_vs_ceiling)} | {mem} |")
+        rows.append(
+            f"| {name} | {how} | {x['timed']} after {x['warmup']} | {x['step_s'] * 1e3:.0f} ms "
+            f"(first {x['first_step_s']:.1f} s) | {x['tokens_per_s']:,.0f} | {_pct(x.get('mfu'))} | "
+            f"{_pct(mfu_vs_ceiling)} | {mem} |"
+        )
     measured = [(x["mfu"], name) for name, x in runs.items() if x.get("mfu") is not None]
     best, best_run = max(measured) if measured else (None, None)
-    verdict = ("not measured" if best is None else
-               f"{'met' if best >= MFU_GOAL else 'not met'}: best {_pct(best)} ({best_run} run)")
+    verdict = "not measured" if best is None else f"{'met' if best >= MFU_GOAL else 'not met'}: best {_pct(best)} ({best_run} run)"
     flops_tok = eager.get("flops_per_token")
     text = f"""# Pretraining on one GPU: {PRESET} (bf16, SDPA, NCCL) ({datetime.date.today().isoformat()})
 
 Command (on the GPU machine, with `.whl/` from `infra/gpu/fetch-wheels.sh` carried):
 `bash infra/gpu/device-check.sh` (runs `pytest -m 'benchmark and gpu' tests/benchmarks/test_pretrain_gpu.py -s`).
 
-- GPU: {env.get('gpu', '-')}, {env.get('sms', '-')} SMs, {env.get('memory_gib', 0):.1f} GiB; nvidia-smi (driver, max SM clock, power limit): {env.get('nvidia_smi', '-')}
-- Versions: torch {env.get('torch', '-')} (CUDA {env.get('cuda', '-')}, cuDNN {env.get('cudnn', '-')}, NCCL {env.get('nccl', '-')}), deepspeed {env.get('deepspeed', '-')}, transformers {env.get('transformers', '-')}, Python {env.get('python', '-')}
-- Model: Llama {m.num_layers} layers x {m.hidden_size} wide, {m.num_heads} heads, MLP {m.intermediate_size}, vocab {m.vocab_size}, tied embeddings, seq {m.seq_len}: {eager.get('parameters', 0):,} parameters; {flops_tok or 0:.4g} FLOPs per token (6 N + 12 L d T, phases/pretrain/flops.py)
+- GPU: {env.get("gpu", "-")}, {env.get("sms", "-")} SMs, {env.get("memory_gib", 0):.1f} GiB; nvidia-smi (driver, max SM clock, power limit): {env.get("nvidia_smi", "-")}
+- Versions: torch {env.get("torch", "-")} (CUDA {env.get("cuda", "-")}, cuDNN {env.get("cudnn", "-")}, NCCL {env.get("nccl", "-")}), deepspeed {env.get("deepspeed", "-")}, transformers {env.get("transformers", "-")}, Python {env.get("python", "-")}
+- Model: Llama {m.num_layers} layers x {m.hidden_size} wide, {m.num_heads} heads, MLP {m.intermediate_size}, vocab {m.vocab_size}, tied embeddings, seq {m.seq_len}: {eager.get("parameters", 0):,} parameters; {flops_tok or 0:.4g} FLOPs per token (6 N + 12 L d T, phases/pretrain/flops.py)
 - Batch: micro {p.micro_batch_size} x accumulation {p.grad_accum} x {m.seq_len} = {p.micro_batch_size * p.grad_accum * m.seq_len:,} tokens per optimizer step; ZeRO {p.zero_stage}, torch AdamW, lr {p.lr} with {p.warmup_steps} warmup steps
 - Data: uniform random tokens in the model phase's packed layout (no data phase); the loss means nothing here
-- Runtime as the engine reports it (eager run; backend requested by phases/pretrain/runtime.py: {r.get('backend_requested', '-')}): device {eager.get('device', '-')}, backend {eager.get('dist_backend', '-')}, parameters {eager.get('param_dtype', '-')} (DeepSpeed bf16 enabled: {eager.get('bf16_enabled', '-')}), RoPE buffers {eager.get('rope_dtype', '-')}, attention {eager.get('attn_implementation', '-')}; flash kernel takes the model's attention call: {eager.get('flash_kernel', '-')}
-- Peak for MFU: {peak / 1e12:.0f} TFLOP/s (H100 SXM dense bf16, data sheet). Measured ceiling: one 8192^3 bf16 matmul at {'-' if not ceiling else f'{ceiling / 1e12:.0f} TFLOP/s'} ({_pct(ceiling / peak if ceiling else None)} of the peak)
+- Runtime as the engine reports it (eager run; backend requested by phases/pretrain/runtime.py: {r.get("backend_requested", "-")}): device {eager.get("device", "-")}, backend {eager.get("dist_backend", "-")}, parameters {eager.get("param_dtype", "-")} (DeepSpeed bf16 enabled: {eager.get("bf16_enabled", "-")}), RoPE buffers {eager.get("rope_dtype", "-")}, attention {eager.get("attn_implementation", "-")}; flash kernel takes the model's attention call: {eager.get("flash_kernel", "-")}
+- Peak for MFU: {peak / 1e12:.0f} TFLOP/s (H100 SXM dense bf16, data sheet). Measured ceiling: one 8192^3 bf16 matmul at {"-" if not ceiling else f"{ceiling / 1e12:.0f} TFLOP/s"} ({_pct(ceiling / peak if ceiling else None)} of the peak)
 
 | run | path | timed steps | step time (median) | tokens/s (median) | MFU (median) | MFU vs measured matmul | peak GPU memory GiB |
 | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -345,9 +378,9 @@ def test_launcher_path(preset, model_dir, tmp_path, monkeypatch):
     from phases.pretrain.build import build
     from phases.refs import PhaseRef
 
-    cfg = preset.pretrain.model_copy(update={
-        "max_steps": LAUNCHER_STEPS, "warmup_steps": 2, "eval_every": LAUNCHER_STEPS,
-        "checkpoint_every": LAUNCHER_STEPS, "timeout_s": 300})
+    cfg = preset.pretrain.model_copy(
+        update={"max_steps": LAUNCHER_STEPS, "warmup_steps": 2, "eval_every": LAUNCHER_STEPS, "checkpoint_every": LAUNCHER_STEPS, "timeout_s": 300}
+    )
     monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
     ref = PhaseRef(phase="model", key="gpu-synthetic", uri=str(model_dir), fingerprint="gpu-synthetic")
     sink = ListSink()
@@ -363,10 +396,15 @@ def test_launcher_path(preset, model_dir, tmp_path, monkeypatch):
     warm = 2
     x = REPORT["runs"]["launcher"] = {
         **{k: summary.get(k) for k in ("device", "dist_backend", "param_dtype", "rope_dtype", "attn_implementation")},
-        "warmup": warm, "timed": len(tps) - warm, "first_step_s": step_tokens / tps[0],
-        "step_s": step_tokens / statistics.median(tps[warm:]), "tokens_per_s": statistics.median(tps[warm:]),
-        "mfu": statistics.median(mfus[warm:]) if mfus else None, "summary_mfu": summary.get("mfu"),
-        "peak_memory_gib": None, "wall_s": time.perf_counter() - t0,
+        "warmup": warm,
+        "timed": len(tps) - warm,
+        "first_step_s": step_tokens / tps[0],
+        "step_s": step_tokens / statistics.median(tps[warm:]),
+        "tokens_per_s": statistics.median(tps[warm:]),
+        "mfu": statistics.median(mfus[warm:]) if mfus else None,
+        "summary_mfu": summary.get("mfu"),
+        "peak_memory_gib": None,
+        "wall_s": time.perf_counter() - t0,
     }
     path = write_report(preset)
     print(f"\n{json.dumps(x, indent=1, default=str)}\nwrote {path}")

@@ -35,9 +35,16 @@ def _arch():
     from phases.config import load_config
 
     m = load_config("tiny").model
-    return dict(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
-                max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=True)
+    return dict(
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=True,
+    )
 
 
 def _time(step, n: int) -> float:
@@ -53,14 +60,18 @@ def _deepspeed_stepper(cfg, arch, batches):
     from phases.pretrain import entry, loop
     from phases.pretrain.dsconfig import deepspeed_config
 
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(__import__("phases.pretrain.build", fromlist=["x"]).free_port())}.items():
+    for k, v in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(__import__("phases.pretrain.build", fromlist=["x"]).free_port()),
+    }.items():
         os.environ.setdefault(k, v)
     entry._skip_shm_comm_build()
     deepspeed.init_distributed()
     model = _model(arch, cfg.seed)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=loop.param_groups(model, cfg.weight_decay),
-                                      config=deepspeed_config(cfg, 1))
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=loop.param_groups(model, cfg.weight_decay), config=deepspeed_config(cfg, 1))
     loop.align_scheduler(engine)
     engine.train()
     stream = iter(batches * 1000)
@@ -85,6 +96,7 @@ def _torch_stepper(cfg, arch, batches):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 

@@ -46,8 +46,13 @@ def corpus(path: Path) -> Path:
 
 def dedup(master: str, inp: Path, out: Path) -> tuple[float, list[dict]]:
     started = time.perf_counter()
-    subprocess.run([LIFECYCLE, "dedup", "--input", str(inp), "--output", str(out), "--spark-master", master],
-                   check=True, capture_output=True, text=True, timeout=900)
+    subprocess.run(
+        [LIFECYCLE, "dedup", "--input", str(inp), "--output", str(out), "--spark-master", master],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return time.perf_counter() - started, pq.read_table(out / "clusters.parquet").sort_by("id").to_pylist()
 
 
@@ -57,4 +62,6 @@ def test_cluster_gives_the_same_clusters_as_local(cluster, tmp_path):
     cluster_s, remote = dedup(cluster, inp, tmp_path / "cluster")
     assert remote == local
     removed = sum(not r["kept"] for r in local)
-    print(json.dumps({"documents": len(local), "removed": removed, "local_s": round(local_s, 1), "cluster_s": round(cluster_s, 1), "master": cluster}))
+    print(
+        json.dumps({"documents": len(local), "removed": removed, "local_s": round(local_s, 1), "cluster_s": round(cluster_s, 1), "master": cluster})
+    )

@@ -44,7 +44,11 @@ def test_dry_run_plans_every_phase(tmp_path, monkeypatch, capsys):
     assert main(["run", "--dry-run", "--set", "pretrain.max_steps=20"]) == 0
     out = capsys.readouterr().out
     assert "max_steps: 20" in out
-    rows = [line.split()[:2] for line in out.splitlines() if line.split()[:1] and line.split()[0] in ("data", "model", "pretrain", "align", "inference", "evaluate") and "key=" in line]
+    rows = [
+        line.split()[:2]
+        for line in out.splitlines()
+        if line.split()[:1] and line.split()[0] in ("data", "model", "pretrain", "align", "inference", "evaluate") and "key=" in line
+    ]
     assert rows == [[p, "run"] for p in ("data", "model", "pretrain", "align", "inference", "evaluate")]
     assert not (tmp_path / "outputs").exists()
 

@@ -6,10 +6,12 @@ import pyarrow.parquet as pq
 
 from flows.cli import main
 
-TEXT = ("the river rose over the old stone bridge in spring and the village waited for the water to fall "
-        "before the engineers came to measure the damage to the arches and the railings along the road "
-        "while the children watched from the hill and the baker handed out bread to everyone who had lost "
-        "their kitchen to the flood and the mayor promised a new bridge before the next winter came")
+TEXT = (
+    "the river rose over the old stone bridge in spring and the village waited for the water to fall "
+    "before the engineers came to measure the damage to the arches and the railings along the road "
+    "while the children watched from the hill and the baker handed out bread to everyone who had lost "
+    "their kitchen to the flood and the mayor promised a new bridge before the next winter came"
+)
 
 
 def write_jsonl(path, rows):
@@ -18,8 +20,14 @@ def write_jsonl(path, rows):
 
 def test_dedup_command_and_incremental_index(tmp_path, capsys):
     first = tmp_path / "day1.jsonl"
-    write_jsonl(first, [{"id": "a", "text": TEXT}, {"id": "b", "text": TEXT.replace("spring", "april")},
-                        {"id": "c", "text": "an unrelated note about the weather and nothing else at all today"}])
+    write_jsonl(
+        first,
+        [
+            {"id": "a", "text": TEXT},
+            {"id": "b", "text": TEXT.replace("spring", "april")},
+            {"id": "c", "text": "an unrelated note about the weather and nothing else at all today"},
+        ],
+    )
     args = ["--spark-master", "local[1]", "--index", str(tmp_path / "index")]
     assert main(["dedup", "--input", str(first), "--output", str(tmp_path / "out1"), *args]) == 0
     clusters = {r["id"]: (r["cluster_id"], r["kept"]) for r in pq.read_table(tmp_path / "out1" / "clusters.parquet").to_pylist()}

@@ -22,8 +22,28 @@ def test_prompt_file_writes_jsonl_records(model_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def f("}\n{"messages": [{"role": "user", "content": "hi"}]}\n')
     out = tmp_path / "out.jsonl"
-    assert main(["generate", "--model", str(model_dir), "--prompts", str(prompts), "--output", str(out),
-                 "--max-new-tokens", "4", "--num-samples", "2", "--seed", "7", "--top-k", "5"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--prompts",
+                str(prompts),
+                "--output",
+                str(out),
+                "--max-new-tokens",
+                "4",
+                "--num-samples",
+                "2",
+                "--seed",
+                "7",
+                "--top-k",
+                "5",
+            ]
+        )
+        == 0
+    )
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 4 and [r["sample"] for r in recs] == [0, 1, 0, 1]
     assert all(r["sampling"]["top_k"] == 5 and r["sampling"]["seed"] == 7 and r["completion_tokens"] <= 4 for r in recs)
@@ -44,13 +64,16 @@ def test_best_of_uses_the_reward_model(model_dir, capsys):
     assert figures["best_of"] == 3 and figures["mean_reward_best_of_n"] >= figures["mean_reward_best_of_1"]
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--prompt", "x", "--top-p", "1.5"], "inference.top_p=1.5 is invalid"),
-    (["--prompt", "x", "--top-p", "0"], "inference.top_p=0.0 is invalid"),
-    (["--prompt", "x", "--temperature", "-0.5"], "inference.temperature=-0.5 is invalid"),
-    (["--prompt", "  "], "--prompt is empty"),
-    (["--prompt", "word " * 400], "tokens; with max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--prompt", "x", "--top-p", "1.5"], "inference.top_p=1.5 is invalid"),
+        (["--prompt", "x", "--top-p", "0"], "inference.top_p=0.0 is invalid"),
+        (["--prompt", "x", "--temperature", "-0.5"], "inference.temperature=-0.5 is invalid"),
+        (["--prompt", "  "], "--prompt is empty"),
+        (["--prompt", "word " * 400], "tokens; with max_new_tokens"),
+    ],
+)
 def test_bad_input_fails_with_one_message(model_dir, extra, needle, capsys):
     assert main(["generate", "--model", str(model_dir), *extra]) == 2
     err = capsys.readouterr().err

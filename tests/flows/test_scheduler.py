@@ -24,12 +24,22 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_UI_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         import httpx
@@ -59,8 +69,12 @@ def test_scheduler_creates_the_runs_of_a_cron_schedule(server, monkeypatch):
 
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("llm-lifecycle")
-        dep = client.create_deployment(flow_id=flow_id, name="nightly-test", entrypoint="flows/pipeline.py:lifecycle_pipeline",
-                                       schedules=[DeploymentScheduleCreate(schedule=CronSchedule(cron="* * * * *", timezone="UTC"))])
+        dep = client.create_deployment(
+            flow_id=flow_id,
+            name="nightly-test",
+            entrypoint="flows/pipeline.py:lifecycle_pipeline",
+            schedules=[DeploymentScheduleCreate(schedule=CronSchedule(cron="* * * * *", timezone="UTC"))],
+        )
         runs = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not runs:

@@ -21,7 +21,9 @@ def test_override_typed_and_hash_changes():
 
 def test_config_is_frozen():
     cfg = load_config("tiny")
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.pretrain.lr = 1.0
 
 

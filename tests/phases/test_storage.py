@@ -15,8 +15,18 @@ def manifest_of(inputs):
 def test_key_depends_on_every_part():
     base = phase_key("model", 1, {"a": 1}, {"data": "f1"})
     assert base == phase_key("model", 1, {"a": 1}, {"data": "f1"})
-    assert len({base, phase_key("model", 2, {"a": 1}, {"data": "f1"}), phase_key("model", 1, {"a": 2}, {"data": "f1"}),
-                phase_key("model", 1, {"a": 1}, {"data": "f2"}), phase_key("data", 1, {"a": 1}, {"data": "f1"})}) == 5
+    assert (
+        len(
+            {
+                base,
+                phase_key("model", 2, {"a": 1}, {"data": "f1"}),
+                phase_key("model", 1, {"a": 2}, {"data": "f1"}),
+                phase_key("model", 1, {"a": 1}, {"data": "f2"}),
+                phase_key("data", 1, {"a": 1}, {"data": "f1"}),
+            }
+        )
+        == 5
+    )
 
 
 def test_materialize_publishes_then_reuses(tmp_path):
@@ -72,19 +82,25 @@ def test_published_files_are_readable_by_all(tmp_path):
 def test_a_build_may_vouch_for_its_content(tmp_path):
     from phases.storage import CONTENT_FINGERPRINT
 
-    ref, _ = materialize(home=tmp_path, phase="p", key=phase_key("p", 1, {}, {}),
-                         build=lambda out: (out / "f").write_text("x") and {"n": 1, CONTENT_FINGERPRINT: "rows-digest"})
+    ref, _ = materialize(
+        home=tmp_path,
+        phase="p",
+        key=phase_key("p", 1, {}, {}),
+        build=lambda out: (out / "f").write_text("x") and {"n": 1, CONTENT_FINGERPRINT: "rows-digest"},
+    )
     assert ref.fingerprint == "rows-digest" and ref.summary == {"n": 1}
 
 
 def test_records_stay_out_of_the_fingerprint(tmp_path):
     """Two builds of one key with identical weights but different logs and timings: one fingerprint."""
+
     def build_with(log_text, weights):
         def build(out):
             (out / "model.safetensors").write_text(weights)
             (out / "train.log").write_text(log_text)
             (out / "summary.json").write_text(log_text)
             return {}
+
         return build
 
     records = ("*.log", "summary.json")

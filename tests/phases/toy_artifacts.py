@@ -70,7 +70,10 @@ def make_data_dir(root: Path, rows: dict[str, list[dict[str, str]]] | None = Non
         # Two shards, as the data phase writes, so readers must glob rather than open one file.
         half = (len(split_rows) + 1) // 2
         for i, part in enumerate((split_rows[:half], split_rows[half:])):
-            pq.write_table(pa.Table.from_pylist(part, schema=pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())])), root / split / f"part-{i:05d}.parquet")
+            pq.write_table(
+                pa.Table.from_pylist(part, schema=pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())])),
+                root / split / f"part-{i:05d}.parquet",
+            )
     return root
 
 
@@ -82,7 +85,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 500):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIALS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1], pad_token=SPECIALS[2])
     # Like the model phase's tokenizer: a chat template is set (the phases must not trip over it).
@@ -100,9 +105,17 @@ def make_model_dir(root: Path, data_dir: Path, seed: int = 0) -> Path:
     texts = [r["text"] for f in sorted(Path(data_dir).glob("*/*.parquet")) for r in pq.read_table(f).to_pylist()]
     tokenizer = train_tokenizer(texts)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -139,9 +152,16 @@ def ref(phase: str, path: Path) -> PhaseRef:
 HELD_OUT_CHATS = [
     [{"role": "user", "content": "What does posixpath.join do?"}, {"role": "assistant", "content": "It joins path components with a slash."}],
     [{"role": "user", "content": "Write a function that adds two numbers."}, {"role": "assistant", "content": "def add(a, b):\n    return a + b"}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is a licence?"}, {"role": "assistant", "content": "Terms for using software."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is a licence?"},
+        {"role": "assistant", "content": "Terms for using software."},
+    ],
     [{"role": "user", "content": "How do I install the package?"}, {"role": "assistant", "content": "Run pip install with its name."}],
-    [{"role": "user", "content": "What does textwrap.dedent return?"}, {"role": "assistant", "content": "The text with common leading whitespace removed."}],
+    [
+        {"role": "user", "content": "What does textwrap.dedent return?"},
+        {"role": "assistant", "content": "The text with common leading whitespace removed."},
+    ],
 ]
 
 

@@ -26,7 +26,6 @@ from phases.data.dedup.index import update_index
 from phases.data.dedup.run import WARM_JOB_GROUP, StageTimer, near_dedup, spread, warm_python_workers
 from phases.errors import DataError
 
-
 CORRUPT = "_corrupt_record"
 QUARANTINE_REASONS = ("malformed_json", "missing_id", "missing_text")
 
@@ -43,9 +42,7 @@ def _split_bad(records):
     from pyspark.sql import functions as F
 
     corrupt = F.col(CORRUPT).isNotNull() if CORRUPT in records.columns else F.lit(False)
-    reason = (F.when(corrupt, F.lit("malformed_json"))
-              .when(_id_missing(), F.lit("missing_id"))
-              .when(F.col("text").isNull(), F.lit("missing_text")))
+    reason = F.when(corrupt, F.lit("malformed_json")).when(_id_missing(), F.lit("missing_id")).when(F.col("text").isNull(), F.lit("missing_text"))
     tagged = records.withColumn("_reason", reason)
     data_cols = [c for c in records.columns if c not in (CORRUPT, "_file")]
     raw = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*data_cols))) if CORRUPT in records.columns else F.to_json(F.struct(*data_cols))
@@ -55,9 +52,9 @@ def _split_bad(records):
 
 
 class InputSummary(NamedTuple):
-    sizes: list[int]     # rows per non-empty input partition
-    missing_id: int      # records without an id (null or blank)
-    ids_repeat: bool     # some id occurs more than once (among all records: a repeat may be quarantined)
+    sizes: list[int]  # rows per non-empty input partition
+    missing_id: int  # records without an id (null or blank)
+    ids_repeat: bool  # some id occurs more than once (among all records: a repeat may be quarantined)
 
 
 def _summary(df) -> InputSummary:
@@ -66,11 +63,16 @@ def _summary(df) -> InputSummary:
     from pyspark.sql import functions as F
 
     id_missing = _id_missing()
-    per_id = (df.select("id", F.spark_partition_id().alias("p"))
-              .groupBy("id").agg(F.count("*").alias("n"), F.min("p").alias("p")))
-    rows = (per_id.groupBy("p").agg(F.sum("n").alias("rows"), F.sum(F.when(id_missing, F.col("n")).otherwise(0)).alias("missing"),
-                                    F.max(F.when(~id_missing, F.col("n"))).alias("most"))
-            .collect())
+    per_id = df.select("id", F.spark_partition_id().alias("p")).groupBy("id").agg(F.count("*").alias("n"), F.min("p").alias("p"))
+    rows = (
+        per_id.groupBy("p")
+        .agg(
+            F.sum("n").alias("rows"),
+            F.sum(F.when(id_missing, F.col("n")).otherwise(0)).alias("missing"),
+            F.max(F.when(~id_missing, F.col("n"))).alias("most"),
+        )
+        .collect()
+    )
     return InputSummary([r["rows"] for r in rows], sum(r["missing"] for r in rows), any((r["most"] or 0) > 1 for r in rows))
 
 
@@ -97,9 +99,11 @@ def _bad_counts(records, summary: InputSummary) -> dict[str, int]:
     id_missing = _id_missing()
     parsed = F.col(CORRUPT).isNull() if CORRUPT in records.columns else F.lit(True)
     malformed = records.where(~parsed).count() if CORRUPT in records.columns else 0
-    counts = {"malformed_json": malformed,
-              "missing_id": records.where(parsed & id_missing).count() if malformed else summary.missing_id,
-              "missing_text": records.where(parsed & F.col("text").isNull() & ~id_missing).count()}
+    counts = {
+        "malformed_json": malformed,
+        "missing_id": records.where(parsed & id_missing).count() if malformed else summary.missing_id,
+        "missing_text": records.where(parsed & F.col("text").isNull() & ~id_missing).count(),
+    }
     return {k: v for k, v in counts.items() if v}
 
 
@@ -129,8 +133,14 @@ def _read(spark, inputs: list[str], staging: Path):
     return spark.read.parquet(str(staging))
 
 
-def run_dedup(inputs: list[str], output: str, params: NearDedupConfig = NearDedupConfig(), spark_master: str = "local[*]",
-              spark=None, index_dir: str | None = None) -> dict[str, Any]:
+def run_dedup(
+    inputs: list[str],
+    output: str,
+    params: NearDedupConfig = NearDedupConfig(),
+    spark_master: str = "local[*]",
+    spark=None,
+    index_dir: str | None = None,
+) -> dict[str, Any]:
     """Near-deduplicate ``inputs`` into ``output`` (see the module docstring); returns the stats.
 
     ``spark``: an existing session to use (left running); by default one is started and stopped.

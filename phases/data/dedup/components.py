@@ -61,11 +61,18 @@ def cluster_labels(spark, verified, exact, old=None, driver_max_edges: int | Non
     if old is None:
         old = spark.createDataFrame([], "id string, cluster_id string")
     ids = verified.select(F.col("a").alias("id")).unionByName(verified.select(F.col("b").alias("id"))).distinct()
-    nodes = (ids.join(old.select("id", "cluster_id"), "id", "left")
-             .select("id", F.coalesce(F.concat(F.lit("0"), "cluster_id"), F.concat(F.lit("1"), "id")).alias("node")).localCheckpoint())
+    nodes = (
+        ids.join(old.select("id", "cluster_id"), "id", "left")
+        .select("id", F.coalesce(F.concat(F.lit("0"), "cluster_id"), F.concat(F.lit("1"), "id")).alias("node"))
+        .localCheckpoint()
+    )
     ends = lambda s: nodes.select(F.col("id").alias(s), F.col("node").alias(f"n{s}"))  # noqa: E731
-    edges = (verified.join(ends("a"), "a").join(ends("b"), "b").select(F.col("na").alias("a"), F.col("nb").alias("b"))
-             .unionByName(exact.select(F.concat(F.lit("1"), "rep").alias("a"), F.concat(F.lit("1"), "id").alias("b"))))
+    edges = (
+        verified.join(ends("a"), "a")
+        .join(ends("b"), "b")
+        .select(F.col("na").alias("a"), F.col("nb").alias("b"))
+        .unionByName(exact.select(F.concat(F.lit("1"), "rep").alias("a"), F.concat(F.lit("1"), "id").alias("b")))
+    )
     labels = connected_components(edges).localCheckpoint()
     bridged = labels.where(F.col("label").startswith("0") & F.col("id").startswith("0") & (F.col("id") != F.col("label"))).count()
     return labels, bridged

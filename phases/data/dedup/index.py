@@ -35,12 +35,16 @@ def check_params(index_dir, params: NearDedupConfig) -> None:
     stored = json.loads(meta.read_text())
     version = stored.pop("signature_version", 1)  # indexes written before versions were kept: version 1
     if stored != params.signature_params():
-        raise ValueError(f"index {index_dir} was built with {json.dumps(stored, sort_keys=True)}; near-dedup it with the same parameters, "
-                         f"got {json.dumps(params.signature_params(), sort_keys=True)}")
+        raise ValueError(
+            f"index {index_dir} was built with {json.dumps(stored, sort_keys=True)}; near-dedup it with the same parameters, "
+            f"got {json.dumps(params.signature_params(), sort_keys=True)}"
+        )
     if version != SIGNATURE_VERSIONS[params.hashing]:
-        raise ValueError(f"index {index_dir} holds {params.hashing!r} signatures of version {version}, but this release computes version "
-                         f"{SIGNATURE_VERSIONS[params.hashing]} (their band keys would not match): rebuild the index from its documents "
-                         f"(near_dedup + update_index over index_dir/gen-*/docs), or use the release that built it")
+        raise ValueError(
+            f"index {index_dir} holds {params.hashing!r} signatures of version {version}, but this release computes version "
+            f"{SIGNATURE_VERSIONS[params.hashing]} (their band keys would not match): rebuild the index from its documents "
+            f"(near_dedup + update_index over index_dir/gen-*/docs), or use the release that built it"
+        )
 
 
 def indexed(spark, index_dir, docs, new_bands, params: NearDedupConfig):

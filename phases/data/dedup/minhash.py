@@ -62,8 +62,10 @@ class Permutations:
         gen = np.random.RandomState(self.seed)
         if self.scheme == "legacy":
             # datasketch draws (a, b) pairwise, one permutation at a time: the order matters.
-            ab = np.array([(gen.randint(1, MERSENNE_PRIME, dtype=np.uint64), gen.randint(0, MERSENNE_PRIME, dtype=np.uint64))
-                           for _ in range(self.num_perm)], dtype=np.uint64).T
+            ab = np.array(
+                [(gen.randint(1, MERSENNE_PRIME, dtype=np.uint64), gen.randint(0, MERSENNE_PRIME, dtype=np.uint64)) for _ in range(self.num_perm)],
+                dtype=np.uint64,
+            ).T
             a, b = ab[0], ab[1]
         else:
             a = gen.randint(0, 1 << 31, self.num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
@@ -132,8 +134,9 @@ def _combine(token_hashes: np.ndarray, n: int) -> np.ndarray:
     m = len(token_hashes) - n + 1
     h = token_hashes[:m] * _U64(_position(0))
     for k in range(1, n):
-        h += token_hashes[k:k + m] * _U64(_position(k))
+        h += token_hashes[k : k + m] * _U64(_position(k))
     return (_fmix64(h + _U64(n)) >> _U64(32)).astype(np.uint32)
+
 
 def _windows(th: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """Shingle hashes of each document's token hashes ``th`` (concatenated, ``lengths`` per document)."""
@@ -142,7 +145,7 @@ def _windows(th: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarra
     # Windows are computed over the whole batch, then those crossing a document end are dropped.
     if len(th) >= ngram:
         full = _combine(th, ngram)
-        doc = np.repeat(np.arange(len(lengths)), lengths)[:len(full)]
+        doc = np.repeat(np.arange(len(lengths)), lengths)[: len(full)]
         hv = full[np.arange(len(full)) + ngram <= ends[doc]]
     else:
         hv = np.zeros(0, np.uint32)
@@ -150,10 +153,11 @@ def _windows(th: np.ndarray, lengths: np.ndarray, ngram: int) -> tuple[np.ndarra
     short = np.flatnonzero((lengths > 0) & (lengths < ngram))
     if len(short):  # a text shorter than one n-gram has one shingle: all its tokens
         at = (np.cumsum(counts) - counts)[short]
-        vals = np.concatenate([_combine(th[starts[i]:ends[i]], int(lengths[i])) for i in short])
+        vals = np.concatenate([_combine(th[starts[i] : ends[i]], int(lengths[i])) for i in short])
         hv = np.insert(hv, at, vals)
         counts[short] = 1
     return hv, counts
+
 
 def _token_doc_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """Token-mode shingle hashes of a batch: (hashes, per-doc counts), computed on the whole batch."""
@@ -200,7 +204,7 @@ def signatures_from_hashes(hv: np.ndarray, counts: np.ndarray, perms: Permutatio
         if nonempty:
             lo = ends[doc] - counts[doc]
             starts = np.array([ends[d] - counts[d] - lo for d in nonempty], dtype=np.int64)
-            sig[nonempty] = perms.apply_min(hv[lo:ends[last - 1]], starts)
+            sig[nonempty] = perms.apply_min(hv[lo : ends[last - 1]], starts)
         doc = last
     return sig
 
@@ -209,7 +213,7 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """(n, bands) int64 keys: a 64-bit hash of each band's ``rows`` values (collisions are only false candidates)."""
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands*rows ({bands}*{rows}) exceeds num_perm ({sig.shape[1]})")
-    s = sig[:, :bands * rows].astype(np.uint64).reshape(len(sig), bands, rows)
+    s = sig[:, : bands * rows].astype(np.uint64).reshape(len(sig), bands, rows)
     h = np.full((len(sig), bands), _U64(rows), dtype=np.uint64)
     for k in range(rows):
         h = _fmix64((h ^ s[:, :, k]) * _GOLDEN)

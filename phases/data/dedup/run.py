@@ -135,16 +135,31 @@ def near_dedup(spark, docs, params: NearDedupConfig = NearDedupConfig(), index_d
     verified, computed = t.done("verification", verified_edges(buckets, texts, params))
     labels, bridged = cluster_labels(spark, verified, exact, old)
     node = F.concat(F.lit("1"), "id")
-    clusters = (docs.select("id", node.alias("node")).join(labels.withColumnRenamed("id", "node"), "node", "left")
-                .select("id", F.coalesce("label", "node").alias("label"))
-                .select("id", F.expr("substring(label, 2)").alias("cluster_id"), (F.col("label") == node).alias("kept")).persist())
-    totals = clusters.agg(F.count("*").alias("docs"), F.count(F.when(~F.col("kept"), 1)).alias("removed"),
-                          F.countDistinct(F.when(~F.col("kept"), F.col("cluster_id"))).alias("clusters")).first()
+    clusters = (
+        docs.select("id", node.alias("node"))
+        .join(labels.withColumnRenamed("id", "node"), "node", "left")
+        .select("id", F.coalesce("label", "node").alias("label"))
+        .select("id", F.expr("substring(label, 2)").alias("cluster_id"), (F.col("label") == node).alias("kept"))
+        .persist()
+    )
+    totals = clusters.agg(
+        F.count("*").alias("docs"),
+        F.count(F.when(~F.col("kept"), 1)).alias("removed"),
+        F.countDistinct(F.when(~F.col("kept"), F.col("cluster_id"))).alias("clusters"),
+    ).first()
     t.done("components")
     b, r = params.banding()
-    stats = {**totals.asDict(), "exact_duplicates": exact.count(), "candidate_buckets": buckets.count(), "jaccards_computed": computed,
-             "verified_pairs": verified.count(), "bands": b, "rows": r, **{f"param_{k}": v for k, v in params.signature_params().items()},
-             **t.stats()}
+    stats = {
+        **totals.asDict(),
+        "exact_duplicates": exact.count(),
+        "candidate_buckets": buckets.count(),
+        "jaccards_computed": computed,
+        "verified_pairs": verified.count(),
+        "bands": b,
+        "rows": r,
+        **{f"param_{k}": v for k, v in params.signature_params().items()},
+        **t.stats(),
+    }
     if index_dir is not None:
         stats.update(indexed_generations=len(generations(index_dir)), bridged_clusters=bridged)
     if owned is not None:

@@ -68,6 +68,7 @@ def _token_ids_python(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.n
         ids.extend([vocab.setdefault(w, len(vocab)) for w in tk])
     return list(vocab), np.array(ids, dtype=np.int64), lengths
 
+
 def string_buffers(arr) -> tuple[np.ndarray, memoryview]:
     """(offsets, data) of an Arrow string array, read in place: text i is ``data[offsets[i]:offsets[i + 1]]``."""
     import pyarrow as pa
@@ -78,14 +79,14 @@ def string_buffers(arr) -> tuple[np.ndarray, memoryview]:
     if not len(arr):
         return np.zeros(1, width), memoryview(b"")
     _, offsets, data = arr.buffers()
-    at = np.frombuffer(offsets, dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+    at = np.frombuffer(offsets, dtype=width)[arr.offset : arr.offset + len(arr) + 1]
     return at, memoryview(data) if data is not None else memoryview(b"")
 
 
 def _has_separator_controls(arr) -> bool:
     """Whether any text of the Arrow string array holds one of the bytes 0x1c-0x1f."""
     at, data = string_buffers(arr)
-    raw = np.frombuffer(data, dtype=np.uint8)[at[0]:at[-1]]
+    raw = np.frombuffer(data, dtype=np.uint8)[at[0] : at[-1]]
     return bool(np.any((raw - np.uint8(0x1C)) < np.uint8(4)))
 
 
@@ -116,6 +117,7 @@ def _token_ids_arrow(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
         enc = enc.combine_chunks()
     return enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), lengths
 
+
 def token_ids(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(distinct tokens, token index per occurrence in text order, tokens per text) of :func:`tokens`.
 
@@ -139,7 +141,7 @@ def token_ids(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
     # One numbering for both vocabularies: Arrow dictionary-encodes their concatenation.
     enc = pc.dictionary_encode(pa.array(va + vb, type=pa.string()))
     remap = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    ids = np.concatenate([remap[:len(va)][ia], remap[len(va):][ib]])
+    ids = np.concatenate([remap[: len(va)][ia], remap[len(va) :][ib]])
     lengths = np.concatenate([la, lb])
     # Back to the input order: gather each text's segment.
     inv = np.empty_like(order)
@@ -148,6 +150,7 @@ def token_ids(texts) -> tuple[list[str], np.ndarray, np.ndarray]:
     out_len = lengths[inv]
     idx = np.repeat(seg_start[inv] - (np.cumsum(out_len) - out_len), out_len) + np.arange(out_len.sum())
     return enc.dictionary.to_pylist(), ids[idx], out_len
+
 
 class ShingleSets:
     """The shingle sets of a batch of texts as sorted integer keys, for exact Jaccard in numpy.
@@ -173,7 +176,7 @@ class ShingleSets:
         span = max(len(ids) - ngram + 1, 0)
         full = np.full(span, _U64(ngram), np.uint64)
         for k in range(ngram):
-            full = _fmix64((full ^ self.tid[k:k + span]) * _GOLDEN)
+            full = _fmix64((full ^ self.tid[k : k + span]) * _GOLDEN)
         short = self.wlen < ngram
         h = np.empty(len(self.pos), np.uint64)
         h[~short] = full[self.pos[~short]]
@@ -221,8 +224,8 @@ class ShingleSets:
         """Exact Jaccard of texts i and j (0 if either has no shingle); None if not proven exact."""
         if i in self.unsure or j in self.unsure:
             return None
-        ka = self.keys[self.bounds[i]:self.bounds[i + 1]]
-        kb = self.keys[self.bounds[j]:self.bounds[j + 1]]
+        ka = self.keys[self.bounds[i] : self.bounds[i + 1]]
+        kb = self.keys[self.bounds[j] : self.bounds[j + 1]]
         if not len(ka) or not len(kb):
             return 0.0
         at = np.searchsorted(kb, ka)
@@ -234,7 +237,7 @@ class ShingleSets:
         """:meth:`jaccard` of text i with each of ``js``, in one pass of numpy over their keys."""
         if i in self.unsure or not js:
             return [None] * len(js)
-        ka = self.keys[self.bounds[i]:self.bounds[i + 1]]
+        ka = self.keys[self.bounds[i] : self.bounds[i + 1]]
         lo, hi = self.bounds[js], self.bounds[np.asarray(js) + 1]
         sizes = hi - lo
         if not len(ka):

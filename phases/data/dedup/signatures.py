@@ -25,7 +25,7 @@ def text_digests(text, rows) -> list[bytes]:
     at, buf = string_buffers(text)
     at = at.tolist()
     sha = hashlib.sha256
-    return [sha(buf[at[i]:at[i + 1]]).digest() for i in rows]
+    return [sha(buf[at[i] : at[i + 1]]).digest() for i in rows]
 
 
 def band_rows(params: NearDedupConfig):
@@ -49,10 +49,13 @@ def band_rows(params: NearDedupConfig):
         has = np.flatnonzero(counts > 0)
         offsets = pa.array(np.arange(len(has) + 1, dtype=np.int32) * bands)
         return pa.RecordBatch.from_arrays(
-            [rb.column(rb.schema.get_field_index("id")).take(pa.array(has)),
-             pa.ListArray.from_arrays(offsets, pa.array(keys[has].ravel())),
-             pa.array(text_digests(text, has.tolist()), pa.binary())],
-            schema=pa.schema([("id", pa.string()), ("keys", pa.list_(pa.int64())), ("sha", pa.binary())]))
+            [
+                rb.column(rb.schema.get_field_index("id")).take(pa.array(has)),
+                pa.ListArray.from_arrays(offsets, pa.array(keys[has].ravel())),
+                pa.array(text_digests(text, has.tolist()), pa.binary()),
+            ],
+            schema=pa.schema([("id", pa.string()), ("keys", pa.list_(pa.int64())), ("sha", pa.binary())]),
+        )
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         perms = Permutations(params.num_perm, params.seed, params.scheme)
@@ -74,8 +77,14 @@ def signature_rows(docs, params: NearDedupConfig):
     # One row per document, not per band: bands-times fewer rows to convert and keep; they are exploded
     # where they are shuffled. localCheckpoint: the texts are hashed once, whatever reads the rows.
     rows = docs.select("id", "text").mapInArrow(band_rows(params), SIGNATURE_SCHEMA).localCheckpoint()
-    exact = (rows.groupBy("sha").agg(F.min("id").alias("rep"), F.collect_list("id").alias("ids")).where(F.size("ids") > 1)
-             .select(F.explode("ids").alias("id"), "rep").where("id != rep").localCheckpoint())
+    exact = (
+        rows.groupBy("sha")
+        .agg(F.min("id").alias("rep"), F.collect_list("id").alias("ids"))
+        .where(F.size("ids") > 1)
+        .select(F.explode("ids").alias("id"), "rep")
+        .where("id != rep")
+        .localCheckpoint()
+    )
     copies = small_ids(exact.select("id"))
     bands = rows.join(copies, "id", "left_anti").select("id", F.posexplode("keys").alias("band", "key"))
     return exact, bands, docs.join(copies, "id", "left_anti")

@@ -40,8 +40,12 @@ MAX_GROUP_DOCS = 20_000
 LINK_CHUNK = 64
 
 
-def link_buckets(buckets: list[list[str]], similarities: Callable[[str, list[str]], list[float]], threshold: float,
-                 cluster: Callable[[str], str | None] = lambda i: None) -> tuple[list[tuple[str, str, float]], int]:
+def link_buckets(
+    buckets: list[list[str]],
+    similarities: Callable[[str, list[str]], list[float]],
+    threshold: float,
+    cluster: Callable[[str], str | None] = lambda i: None,
+) -> tuple[list[tuple[str, str, float]], int]:
     """(verified edges (a, b, jaccard), Jaccards computed) that connect the members of ``buckets`` as
     verifying all their pairs would (see the module docstring).
 
@@ -69,7 +73,7 @@ def link_buckets(buckets: list[list[str]], similarities: Callable[[str, list[str
         rest connected); returns the ys left unconnected."""
         left, at, size = [], 0, 4
         while at < len(ys):
-            chunk, at, size = ys[at:at + size], at + size, min(2 * size, LINK_CHUNK)
+            chunk, at, size = ys[at : at + size], at + size, min(2 * size, LINK_CHUNK)
             todo = [y for y in chunk if find(y) != find(x) and (cluster(x) is None or cluster(y) is None)]
             new = [y for y in todo if _pair(x, y) not in computed]
             for y, j in zip(new, similarities(x, new) if new else []):
@@ -147,8 +151,10 @@ def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
 
     edges, computed = link_buckets(buckets, similarities, params.threshold, lambda i: stored[row[i]])
     a, b, j = (list(c) for c in zip(*edges)) if edges else ([], [], [])
-    return pa.RecordBatch.from_arrays([pa.array(a + [None], pa.string()), pa.array(b + [None], pa.string()),
-                                       pa.array(j + [float(computed)], pa.float64())], names=["a", "b", "jaccard"])
+    return pa.RecordBatch.from_arrays(
+        [pa.array(a + [None], pa.string()), pa.array(b + [None], pa.string()), pa.array(j + [float(computed)], pa.float64())],
+        names=["a", "b", "jaccard"],
+    )
 
 
 def verified_edges(buckets, texts, params: NearDedupConfig):

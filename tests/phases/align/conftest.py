@@ -25,5 +25,10 @@ def style_preferences(tmp_path_factory, toy_data):
     path = tmp_path_factory.mktemp("prefs") / "style.jsonl"
     with path.open("w") as f:
         for fn in fns:
-            f.write(json.dumps({"id": fn.qualname, "prompt": question(fn), "chosen": fn.summary.rstrip(".!?") + "!", "rejected": fn.summary.rstrip(".!?") + "."}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": fn.qualname, "prompt": question(fn), "chosen": fn.summary.rstrip(".!?") + "!", "rejected": fn.summary.rstrip(".!?") + "."}
+                )
+                + "\n"
+            )
     return path

@@ -38,8 +38,7 @@ def test_validation_rows_pack_documents_with_eos(toy_pretrain):
 def test_overfitting_run_fails_the_check(tmp_path, align_inputs):
     # A learning rate 20x the tests' and many passes over ~18 chats: the model forgets the
     # code it was pretrained on, and the check stops the phase after SFT.
-    cfg = AlignConfig(method="dpo", max_steps=30, lr=0.1, batch_size=4, max_length=128, max_ppl_rise=0.1,
-                      on_ppl_rise="fail", num_samples=0)
+    cfg = AlignConfig(method="dpo", max_steps=30, lr=0.1, batch_size=4, max_length=128, max_ppl_rise=0.1, on_ppl_rise="fail", num_samples=0)
     sink = ListSink()
     with pytest.raises(CapabilityError, match="after sft"):
         build(cfg, align_inputs, tmp_path / "out", sink)

@@ -51,7 +51,11 @@ def test_preference_rows_are_validated(tok):
     ]
     split = D.prepare("preference", rows, "p.jsonl", D.normalize_preference, D.preference_lengths, tok, 128, 0.3)
     assert [q["reason"].split(":")[0] for q in split.quarantined] == [
-        "chosen equals rejected", "missing field", "empty assistant turn", "longer than max_length"]
+        "chosen equals rejected",
+        "missing field",
+        "empty assistant turn",
+        "longer than max_length",
+    ]
     row = (split.train + split.eval)[0]
     assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}] and row["chosen"][0]["role"] == "assistant"
 
@@ -80,8 +84,9 @@ def test_user_data_and_quarantine_file(tmp_path, align_inputs):
     rows = [chat(f"Say {w}", w) | {"id": w} for w in ("red", "green", "blue", "amber", "teal", "plum")] + [chat("empty", "")]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    summary = build(AlignConfig(method="sft", sft_data=str(path), max_steps=2, batch_size=2, num_samples=1, sample_tokens=2),
-                    align_inputs, out, ListSink())
+    summary = build(
+        AlignConfig(method="sft", sft_data=str(path), max_steps=2, batch_size=2, num_samples=1, sample_tokens=2), align_inputs, out, ListSink()
+    )
     assert summary["quarantined"] == 1 and summary["sft_rows"] + len((out / "sft_eval.jsonl").read_text().splitlines()) == 6
     q = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert q == [{"dataset": "sft", "source": str(path), "line": 7, "reason": "empty assistant turn", "row": rows[-1]}]

@@ -16,8 +16,21 @@ pytestmark = pytest.mark.e2e
 def test_lora_sft_and_dpo_save_adapters_and_merge(tmp_path, align_inputs, style_preferences, toy_pretrain):
     from transformers import AutoModelForCausalLM
 
-    cfg = AlignConfig(method="dpo", lora=True, lora_r=4, lora_alpha=8, preference_data=str(style_preferences), max_steps=6,
-                      lr=2e-2, dpo_steps=6, dpo_lr=2e-2, batch_size=4, max_length=128, num_samples=1, sample_tokens=4)
+    cfg = AlignConfig(
+        method="dpo",
+        lora=True,
+        lora_r=4,
+        lora_alpha=8,
+        preference_data=str(style_preferences),
+        max_steps=6,
+        lr=2e-2,
+        dpo_steps=6,
+        dpo_lr=2e-2,
+        batch_size=4,
+        max_length=128,
+        num_samples=1,
+        sample_tokens=4,
+    )
     out = tmp_path / "out"
     summary = build(cfg, align_inputs, out, ListSink())
     assert summary["sft_eval_loss"] < summary["sft_eval_loss_before"]

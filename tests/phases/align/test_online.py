@@ -13,9 +13,21 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_online_rl_logs_reward_and_kl(method, tmp_path, align_inputs, style_preferences):
-    cfg = AlignConfig(method=method, preference_data=str(style_preferences), max_steps=2, lr=5e-3, reward_steps=8,
-                      reward_lr=5e-3, online_steps=3, num_generations=2, max_completion_length=8, batch_size=4,
-                      max_length=128, num_samples=1, sample_tokens=4)
+    cfg = AlignConfig(
+        method=method,
+        preference_data=str(style_preferences),
+        max_steps=2,
+        lr=5e-3,
+        reward_steps=8,
+        reward_lr=5e-3,
+        online_steps=3,
+        num_generations=2,
+        max_completion_length=8,
+        batch_size=4,
+        max_length=128,
+        num_samples=1,
+        sample_tokens=4,
+    )
     sink = ListSink()
     summary = build(cfg, align_inputs, tmp_path / "out", sink)
     assert set(sink.children) == {"sft", "reward", method}

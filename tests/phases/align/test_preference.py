@@ -13,9 +13,22 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, align_inputs, style_preferences):
-    cfg = AlignConfig(method="dpo", preference_data=str(style_preferences), reward_model=True, max_steps=4, lr=5e-3,
-                      dpo_steps=12, dpo_lr=5e-3, reward_steps=16, reward_lr=5e-3, batch_size=4, max_length=128,
-                      num_samples=1, sample_tokens=4, eval_fraction=0.4)
+    cfg = AlignConfig(
+        method="dpo",
+        preference_data=str(style_preferences),
+        reward_model=True,
+        max_steps=4,
+        lr=5e-3,
+        dpo_steps=12,
+        dpo_lr=5e-3,
+        reward_steps=16,
+        reward_lr=5e-3,
+        batch_size=4,
+        max_length=128,
+        num_samples=1,
+        sample_tokens=4,
+        eval_fraction=0.4,
+    )
     out = tmp_path_factory.mktemp("align-dpo")
     sink = ListSink()
     summary = build(cfg, align_inputs, out, sink)

@@ -63,8 +63,7 @@ def test_stdlib_posixpath_join_rows():
     assert not any(f.qualname.split(".")[-1].startswith("_") for f in fns)
     assert stats.docs_parsed == 1 and stats.docs_failed == 0
     row = next(r for r in instruction_rows(fns) if r["id"] == "posixpath.join")
-    assert row["messages"] == [{"role": "user", "content": "What does `posixpath.join` do?"},
-                               {"role": "assistant", "content": join.summary}]
+    assert row["messages"] == [{"role": "user", "content": "What does `posixpath.join` do?"}, {"role": "assistant", "content": join.summary}]
 
 
 def test_module_names_from_document_ids():

@@ -50,8 +50,17 @@ def test_output_layout_and_reload(sft_run):
 
     summary, _, out = sft_run
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "sft_train.jsonl", "sft_eval.jsonl", "quarantine.jsonl",
-            "capability.json", "samples.json", "stages.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "sft_train.jsonl",
+        "sft_eval.jsonl",
+        "quarantine.jsonl",
+        "capability.json",
+        "samples.json",
+        "stages.json",
+    } <= names
     assert not any(n.startswith(("checkpoint", "runs")) for n in names), names  # trainer scratch stays out
     rows = [json.loads(line) for line in (out / "sft_train.jsonl").read_text().splitlines()]
     assert len(rows) == summary["sft_rows"] and rows[0]["messages"][0]["content"].startswith("What does `")
@@ -78,8 +87,14 @@ def test_only_assistant_tokens_train_and_eos_is_one_of_them(tmp_path, toy_pretra
     from phases.align.sft import make_trainer
 
     tok = AutoTokenizer.from_pretrained(toy_pretrain)
-    rows = [{"messages": [{"role": "user", "content": "What does `posixpath.join` do?"},
-                          {"role": "assistant", "content": "Join two or more pathname components."}]}] * 2
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "What does `posixpath.join` do?"},
+                {"role": "assistant", "content": "Join two or more pathname components."},
+            ]
+        }
+    ] * 2
     trainer = make_trainer(CFG, AutoModelForCausalLM.from_pretrained(toy_pretrain), tok, rows, None, str(tmp_path))
     row = trainer.train_dataset[0]
     trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]

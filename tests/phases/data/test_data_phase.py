@@ -2,8 +2,8 @@
 
 import json
 
-import pyarrow.parquet as pq
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from phases.config import DataConfig, SourceConfig
@@ -30,8 +30,8 @@ def corpus(tmp_path_factory):
     lines.append(json.dumps({"id": "n1", "text": PARAGRAPH}))
     lines.append(json.dumps({"id": "n2", "text": PARAGRAPH.replace("bridge", "viaduct")}))  # a near-duplicate of n1
     lines += [
-        '{"id": "broken", "text": "no closing quote}',            # malformed JSON
-        json.dumps({"id": "notext", "title": "x"}),                 # no text field
+        '{"id": "broken", "text": "no closing quote}',  # malformed JSON
+        json.dumps({"id": "notext", "title": "x"}),  # no text field
         json.dumps({"id": "w0dup", "text": f"web document 0{LONG}  \r\n\n"}),  # exact dup after normalization
         json.dumps({"id": "tiny", "text": "too short"}),
     ]
@@ -95,16 +95,25 @@ def test_bad_records_are_quarantined_with_reasons(result):
     out, summary, _ = result
     rejected = pq.read_table(out / "rejected").to_pylist()
     reasons = {(r["source"], r["reason"]) for r in rejected}
-    assert {("web", "malformed_json"), ("web", "missing_text"), ("web", "invalid_utf8"), ("web", "exact_duplicate"),
-            ("web", "too_short"), ("notes", "binary"), ("notes", "empty_file"), ("prose", "gopher_bullet_lines")} <= reasons
+    assert {
+        ("web", "malformed_json"),
+        ("web", "missing_text"),
+        ("web", "invalid_utf8"),
+        ("web", "exact_duplicate"),
+        ("web", "too_short"),
+        ("notes", "binary"),
+        ("notes", "empty_file"),
+        ("prose", "gopher_bullet_lines"),
+    } <= reasons
     dup = next(r for r in rejected if r["reason"] == "exact_duplicate")
     assert dup["id"] == "web/w0dup" and dup["detail"] == "web/w0"
     near = [r for r in rejected if r["reason"] == "near_duplicate"]
     assert [(r["id"], r["detail"]) for r in near] == [("web/n2", "web/n1")]
     assert summary["near_dedup"]["cluster_sizes"] == {2: 1}
     assert all(r["location"] for r in rejected)
-    assert summary["read_docs"] == (summary["quarantined"] + summary["filtered"] + summary["exact_duplicates"]
-                                    + summary["near_duplicates"] + summary["unique_docs"])
+    assert summary["read_docs"] == (
+        summary["quarantined"] + summary["filtered"] + summary["exact_duplicates"] + summary["near_duplicates"] + summary["unique_docs"]
+    )
 
 
 def test_counts_shares_and_licences(result):

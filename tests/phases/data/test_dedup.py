@@ -45,7 +45,7 @@ def corpus():
     rows = {f"d{i:02d}": _doc(rng) for i in range(20)}
     rows["n03"] = _edit(rng, rows["d03"], 2)
     rows["n07a"] = _edit(rng, rows["d07"], 2)
-    rows["c07b"] = _edit(rng, rows["d07"], 1)   # sorts before d07: the smallest id is kept, not the first seen
+    rows["c07b"] = _edit(rng, rows["d07"], 1)  # sorts before d07: the smallest id is kept, not the first seen
     rows["x05"] = rows["d05"]
     rows["blank1"], rows["blank2"] = "  ", "\n"
     assert jaccard(shingles(rows["d03"], 5), shingles(rows["n03"], 5)) >= 0.8
@@ -55,15 +55,24 @@ def corpus():
 def test_candidate_buckets_are_distinct_member_sets(spark):
     from phases.data.dedup.candidates import bucket_pairs, candidate_buckets
 
-    rows = ([("d", 0, 7), ("c", 0, 7), ("a", 0, 7), ("b", 0, 7)]   # one bucket of 4
-            + [("z", 0, 8)]                                       # a singleton: no bucket
-            + [("a", 1, 7), ("b", 1, 7), ("a", 2, 5), ("b", 2, 5)]  # {a, b} in two bands: one row
-            + [("x", 2, -3), ("y", 2, -3)])
+    rows = (
+        [("d", 0, 7), ("c", 0, 7), ("a", 0, 7), ("b", 0, 7)]  # one bucket of 4
+        + [("z", 0, 8)]  # a singleton: no bucket
+        + [("a", 1, 7), ("b", 1, 7), ("a", 2, 5), ("b", 2, 5)]  # {a, b} in two bands: one row
+        + [("x", 2, -3), ("y", 2, -3)]
+    )
     bands = spark.createDataFrame(rows, "id string, band int, key long")
     buckets = candidate_buckets(bands)
     assert sorted(r["ids"] for r in buckets.collect()) == [["a", "b"], ["a", "b", "c", "d"], ["x", "y"]]
     assert sorted(tuple(r) for r in bucket_pairs(buckets).collect()) == [
-        ("a", "b"), ("a", "c"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d"), ("x", "y")]
+        ("a", "b"),
+        ("a", "c"),
+        ("a", "d"),
+        ("b", "c"),
+        ("b", "d"),
+        ("c", "d"),
+        ("x", "y"),
+    ]
     fresh = bands.withColumn("fresh", bands.id.isin("x", "c"))  # against an index: buckets with a fresh member
     assert sorted(r["ids"] for r in candidate_buckets(fresh).collect()) == [["a", "b", "c", "d"], ["x", "y"]]
 
@@ -71,8 +80,13 @@ def test_candidate_buckets_are_distinct_member_sets(spark):
 def _all_pairs_labels(buckets, sim, threshold, cluster=lambda i: None):
     """The reference: every pair of every bucket verified (pairs of two indexed documents excepted)."""
     node = lambda i: "0" + cluster(i) if cluster(i) is not None else "1" + i  # noqa: E731
-    edges = [(node(a), node(b)) for ids in buckets for k, a in enumerate(ids) for b in ids[k + 1:]
-             if (cluster(a) is None or cluster(b) is None) and sim(a, b) >= threshold]
+    edges = [
+        (node(a), node(b))
+        for ids in buckets
+        for k, a in enumerate(ids)
+        for b in ids[k + 1 :]
+        if (cluster(a) is None or cluster(b) is None) and sim(a, b) >= threshold
+    ]
     nodes = [(node(i), node(i)) for ids in buckets for i in ids]
     return union_find(edges + nodes)
 
@@ -131,8 +145,8 @@ def test_planted_near_duplicates_are_found(spark, corpus):
 def test_verification_breaks_a_false_candidate_chain(spark):
     rng = random.Random(11)
     a = _doc(rng, 200)
-    b = _edit(rng, a, 2)     # J(a, b) ~ 0.9: a true pair
-    c = _edit(rng, b, 25)    # J(b, c) ~ 0.4: shares many min-hashes with b, not a duplicate
+    b = _edit(rng, a, 2)  # J(a, b) ~ 0.9: a true pair
+    c = _edit(rng, b, 25)  # J(b, c) ~ 0.4: shares many min-hashes with b, not a duplicate
     assert jaccard(shingles(b, 5), shingles(c, 5)) < 0.6
     # One row per band makes b and c collide in some band almost surely: a false candidate.
     loose = NearDedupConfig(bands=32, rows=1)
@@ -256,7 +270,12 @@ def test_run_dedup_quarantines_bad_records_and_keeps_the_good(spark, tmp_path):
     bad = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
     assert sorted(r["reason"] for r in bad) == ["malformed_json", "missing_id", "missing_text"]
     assert all(r["file"].endswith("in.jsonl") for r in bad) and any(r["raw"] == '{"id": "x", "text": "cut off' for r in bad)
-    assert (stats["quarantined"], stats["quarantined_malformed_json"], stats["quarantined_missing_id"], stats["quarantined_missing_text"]) == (3, 1, 1, 1)
+    assert (stats["quarantined"], stats["quarantined_malformed_json"], stats["quarantined_missing_id"], stats["quarantined_missing_text"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
     assert stats["docs"] == 3 and stats["removed"] == 1
     assert sorted(pq.read_table(tmp_path / "out" / "kept").column_names) == ["id", "text"]
     assert {r["id"] for r in pq.read_table(tmp_path / "out" / "clusters.parquet").to_pylist()} == set(good)
@@ -274,7 +293,6 @@ def test_run_dedup_parquet_read_in_place_or_spread_gives_the_same_result(spark, 
     and texts are quarantined from Parquet too (counted without reading a null-free text column)."""
     import pyarrow as pa
 
-    
     rows = [{"id": k, "text": v} for k, v in sorted(corpus.items())] + [{"id": None, "text": "no id"}, {"id": "z-null", "text": None}]
     src = tmp_path / "in.parquet"
     pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=-(-len(rows) // row_groups))

@@ -53,7 +53,7 @@ def test_token_hash_is_order_sensitive_and_numpy_equals_the_reference():
     tokens = [f"t{i}".encode() for i in range(12)]
     th = np.array([xxhash.xxh3_64_intdigest(t) for t in tokens], dtype=np.uint64)
     for n in range(1, 7):
-        want = [token_shingle_hash(n)(b" ".join(tokens[i:i + n])) for i in range(12 - n + 1)]
+        want = [token_shingle_hash(n)(b" ".join(tokens[i : i + n])) for i in range(12 - n + 1)]
         assert _combine(th, n).tolist() == want
 
 
@@ -105,7 +105,8 @@ def test_token_hashing_arrow_path_equals_python_tokenization():
     """ASCII texts are tokenized in Arrow, others in Python: both must split and lowercase as str.lower().split()."""
     import xxhash
 
-    from phases.data.dedup import minhash, shingles as sh
+    from phases.data.dedup import minhash
+    from phases.data.dedup import shingles as sh
 
     rng = random.Random(4)
     ascii_chars = [chr(i) for i in range(128)]
@@ -130,7 +131,7 @@ def test_arrow_tokenization_equals_python_split(separators):
     texts = ["".join(rng.choice(chars + ["ab", "Cd", " "] * 8) for _ in range(rng.randint(0, 80))) for _ in range(300)]
     assert minhash._has_separator_controls(__import__("pyarrow").array(texts)) == separators
     vocab, ids, lengths = minhash._token_ids_arrow(texts)
-    assert [[vocab[i] for i in ids[a - n:a]] for a, n in zip(np.cumsum(lengths), lengths)] == [t.lower().split() for t in texts]
+    assert [[vocab[i] for i in ids[a - n : a]] for a, n in zip(np.cumsum(lengths), lengths)] == [t.lower().split() for t in texts]
 
 
 def _mixed_texts():
@@ -170,7 +171,8 @@ def test_shingle_sets_never_trust_a_key_collision(monkeypatch, keys):
     ref = [minhash.shingle_tuples(t, 3) for t in texts]
     answers = [(sets.jaccard(i, j), jaccard(ref[i], ref[j])) for i in range(len(texts)) for j in range(len(texts))]
     assert [sets.jaccards(i, list(range(len(texts)))) for i in range(len(texts))] == [
-        [sets.jaccard(i, j) for j in range(len(texts))] for i in range(len(texts))]
+        [sets.jaccard(i, j) for j in range(len(texts))] for i in range(len(texts))
+    ]
     assert any(got is None for got, _ in answers)  # collisions were caught
     assert all(got is None or got == want for got, want in answers)
 

@@ -1,5 +1,5 @@
-from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
 from phases.data.build import mixture_targets
+from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
 
 
 def test_normalize_canonicalizes():

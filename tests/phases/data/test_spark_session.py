@@ -11,13 +11,14 @@ import pytest
 from phases.data.spark import QUICK_JIT
 
 ROOT = Path(__file__).resolve().parents[3]
-PROBE = ("import json; from phases.data.spark import spark_session; s = spark_session('local[1]'); "
-         "print('ARGS' + json.dumps(list(s.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))); s.stop()")
+PROBE = (
+    "import json; from phases.data.spark import spark_session; s = spark_session('local[1]'); "
+    "print('ARGS' + json.dumps(list(s.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()))); s.stop()"
+)
 
 
 def _driver_args(**env) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(line[4:] for line in proc.stdout.splitlines() if line.startswith("ARGS")))
 

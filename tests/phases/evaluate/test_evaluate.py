@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-
 import toy_artifacts
+
 from phases.config import EvaluateConfig
 from phases.evaluate.build import build
 from phases.evaluate.tasks import TASK_NAME
@@ -50,6 +50,11 @@ def test_report_and_task_files(evaluated):
 
 def test_metrics_logged(evaluated):
     summary, sink, _ = evaluated
-    for name, key in (("eval/mc_acc", "mc_acc"), ("eval/mc_acc_norm", "mc_acc_norm"), ("eval/val_perplexity", "val_perplexity"), ("eval/chance_acc", "chance_acc")):
+    for name, key in (
+        ("eval/mc_acc", "mc_acc"),
+        ("eval/mc_acc_norm", "mc_acc_norm"),
+        ("eval/val_perplexity", "val_perplexity"),
+        ("eval/chance_acc", "chance_acc"),
+    ):
         assert sink.series(name) == [summary[key]]
     assert all("," not in name for name, _, _ in sink.metrics)

@@ -49,7 +49,7 @@ def sampled_ids(model, tokenizer, prompt, settings, seed):
     torch.manual_seed(seed)
     with torch.inference_mode():
         out = model.generate(**enc, **generation_kwargs(settings, tokenizer.pad_token_id, None))
-    return enc["input_ids"], out[0, enc["input_ids"].shape[1]:].tolist()
+    return enc["input_ids"], out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 def own_probs(model, prefix, temperature):
@@ -114,7 +114,17 @@ def test_records_and_several_samples_per_prompt(loaded):
     assert [r["prompt"] for r in recs[::3]] == [p["prompt"] for p in PROMPTS[:3]]
     assert len({r["prompt_sha256"] for r in recs}) == 3
     r = recs[0]
-    assert set(r) == {"prompt_sha256", "prompt", "sample", "completion", "prompt_tokens", "completion_tokens", "finish_reason", "latency_s", "sampling"}
+    assert set(r) == {
+        "prompt_sha256",
+        "prompt",
+        "sample",
+        "completion",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "latency_s",
+        "sampling",
+    }
     assert 1 <= r["completion_tokens"] <= 5 and r["prompt_tokens"] > 0 and r["latency_s"] > 0
     assert r["sampling"]["top_k"] == 10
 
@@ -132,7 +142,12 @@ def test_a_prompt_longer_than_the_context_is_refused(loaded):
 
 def test_prompt_files(tmp_path):
     good = tmp_path / "p.jsonl"
-    good.write_text(json.dumps({"prompt": "a"}) + "\n\n" + json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    good.write_text(
+        json.dumps({"prompt": "a"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+        + "\n"
+    )
     assert read_prompts(good) == [{"prompt": "a"}, {"messages": [{"role": "user", "content": "q"}]}]
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\nnot json\n')

@@ -9,8 +9,17 @@ from phases.inference.sampling import batches, count_new_tokens, cut_at_stop, ge
 
 def test_generation_kwargs_keep_top_k_zero_to_disable_it():
     kw = generation_kwargs(InferenceConfig(top_k=0, temperature=0.7, top_p=0.9, max_new_tokens=5), pad_token_id=2, eos_token_id=1)
-    assert kw == {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 5, "pad_token_id": 2,
-                  "eos_token_id": 1, "use_cache": True, "num_return_sequences": 1}
+    assert kw == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "max_new_tokens": 5,
+        "pad_token_id": 2,
+        "eos_token_id": 1,
+        "use_cache": True,
+        "num_return_sequences": 1,
+    }
     assert generation_kwargs(InferenceConfig(top_k=20), 2, 1)["top_k"] == 20
 
 
@@ -21,13 +30,16 @@ def test_generation_kwargs_map_every_option():
     assert greedy["do_sample"] is False and "num_return_sequences" not in greedy
 
 
-@pytest.mark.parametrize("override, match", [
-    ("inference.top_p=0", "inference.top_p=0 is invalid"),
-    ("inference.top_p=1.5", "inference.top_p=1.5 is invalid"),
-    ("inference.temperature=-1", "inference.temperature=-1 is invalid"),
-    ("inference.min_p=1", "inference.min_p=1 is invalid"),
-    ("inference.best_of=0", "inference.best_of=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("inference.top_p=0", "inference.top_p=0 is invalid"),
+        ("inference.top_p=1.5", "inference.top_p=1.5 is invalid"),
+        ("inference.temperature=-1", "inference.temperature=-1 is invalid"),
+        ("inference.min_p=1", "inference.min_p=1 is invalid"),
+        ("inference.best_of=0", "inference.best_of=0 is invalid"),
+    ],
+)
 def test_bad_sampling_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("tiny", [override])

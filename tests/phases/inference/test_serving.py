@@ -66,17 +66,20 @@ def test_completions_health_and_default_max_tokens(server):
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"not json", 400, "not JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (b'{"model": "toy"}', 400, "missing required field 'messages'"),
-    (b'{"messages": []}', 400, "non-empty list"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}', 400, "above this server's cap of 32"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}', 400, "top_p=1.5"),
-    (b'{"messages": [{"role": "user", "content": "hi"}], "model": "other"}', 404, "serves 'toy'"),
-    (json.dumps({"messages": [{"role": "user", "content": "x" * 3000}]}).encode(), 413, "3000 characters"),
-    (json.dumps({"messages": [{"role": "user", "content": "word " * 380}]}).encode(), 400, "exceeds the context"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"not json", 400, "not JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"model": "toy"}', 400, "missing required field 'messages'"),
+        (b'{"messages": []}', 400, "non-empty list"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}', 400, "above this server's cap of 32"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}', 400, "top_p=1.5"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "model": "other"}', 404, "serves 'toy'"),
+        (json.dumps({"messages": [{"role": "user", "content": "x" * 3000}]}).encode(), 413, "3000 characters"),
+        (json.dumps({"messages": [{"role": "user", "content": "word " * 380}]}).encode(), 400, "exceeds the context"),
+    ],
+)
 def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server, body, status, words):
     r = httpx.post(f"{server}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == status and words in r.json()["error"]["message"]
@@ -169,12 +172,35 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
     MlflowClient(tracking_uri=uri).set_registered_model_alias("toy-llm", "champion", version)
     port = _free_port()
     bin_dir = Path(sys.executable).parent  # mlflow starts `uvicorn` by name: the venv's bin must be on PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     mlflow_bin = bin_dir / "mlflow"
-    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", "models:/toy-llm@champion", "--env-manager", "local",
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "models",
+            "serve",
+            "-m",
+            "models:/toy-llm@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
@@ -184,7 +210,9 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
             except httpx.HTTPError:
                 time.sleep(1)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        r = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": ["def read_config(path):"], "params": {"max_new_tokens": 5}}, timeout=120)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/invocations", json={"inputs": ["def read_config(path):"], "params": {"max_new_tokens": 5}}, timeout=120
+        )
         assert r.status_code == 200, r.text
         assert isinstance(r.json()["predictions"], list) and r.json()["predictions"]
     finally:

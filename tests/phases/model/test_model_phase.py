@@ -9,12 +9,12 @@ import pytest
 from phases.config import ModelConfig
 from phases.errors import DataError
 from phases.metrics import ListSink
-from phases.model.packing import documents_in_row, load_packed
 from phases.model.build import build
+from phases.model.packing import documents_in_row, load_packed
 from phases.refs import PhaseRef
 
 SOURCES = {
-    "code": ["import os\n\ndef join(a, *p):\n    \"\"\"Join two or more pathname components.\"\"\"\n    return os.path.join(a, *p)\n"] * 3,
+    "code": ['import os\n\ndef join(a, *p):\n    """Join two or more pathname components."""\n    return os.path.join(a, *p)\n'] * 3,
     "docs": ["# Title\n\nSome *markdown* prose, with ünïcödé, emoji 🚀 and tabs\tinside.\n", "Another paragraph of text."],
     "licenses": ["Permission is hereby granted, free of charge, to any person obtaining a copy."],
 }
@@ -26,7 +26,9 @@ def data_dir(tmp_path_factory):
     rows = [(f"{s}/{i}", s, t * 20) for s, texts in SOURCES.items() for i, t in enumerate(texts)]
     for split, part in (("train", rows), ("validation", rows[::2])):
         (root / split).mkdir()
-        pq.write_table(pa.table({"id": [r[0] for r in part], "source": [r[1] for r in part], "text": [r[2] for r in part]}), root / split / "part-00000.parquet")
+        pq.write_table(
+            pa.table({"id": [r[0] for r in part], "source": [r[1] for r in part], "text": [r[2] for r in part]}), root / split / "part-00000.parquet"
+        )
     return root
 
 
@@ -109,6 +111,8 @@ def test_per_source_stats_and_an_existing_tokenizer(built, data_dir, tmp_path):
     assert {r["source"] for r in summary["per_source"]} == set(SOURCES)
     # Per-source tokens plus one EOS separator per document add up to the packed stream.
     assert sum(r["tokens"] + r["documents"] for r in summary["per_source"]) == summary["train_tokens"]
-    reuse = ModelConfig(tokenizer_path=str(out / "tokenizer"), seq_len=32, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+    reuse = ModelConfig(
+        tokenizer_path=str(out / "tokenizer"), seq_len=32, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64
+    )
     build(reuse, {"data": PhaseRef("data", "k", str(data_dir), "fp")}, tmp_path, ListSink())
     assert (tmp_path / "train.bin").read_bytes() == (out / "train.bin").read_bytes()

@@ -1,14 +1,21 @@
 """The planner against the Chinchilla relations and a fitted loss law."""
 
-
 import pytest
 
 from flows.cli import main
 from phases.errors import ConfigError
-from phases.pretrain.dsconfig import deepspeed_for_plan as deepspeed_for
 from phases.model.sizing import (
-    SIZE_PRESETS, budget_from_gpu_hours, chinchilla, llama_parameters, loss_law_optimum, plan, shape_for, zero_stage_for, HARDWARE,
+    HARDWARE,
+    SIZE_PRESETS,
+    budget_from_gpu_hours,
+    chinchilla,
+    llama_parameters,
+    loss_law_optimum,
+    plan,
+    shape_for,
+    zero_stage_for,
 )
+from phases.pretrain.dsconfig import deepspeed_for_plan as deepspeed_for
 
 CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # Hoffmann et al. 2022, approach 3
 
@@ -57,8 +64,17 @@ def test_parameter_count_matches_transformers():
 
     hidden, layers, heads, inter = SIZE_PRESETS["mini"]
     with torch.device("meta"):
-        m = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                         num_key_value_heads=heads, intermediate_size=inter, tie_word_embeddings=True))
+        m = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=1000,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=heads,
+                intermediate_size=inter,
+                tie_word_embeddings=True,
+            )
+        )
     assert sum(p.numel() for p in m.parameters()) == llama_parameters(1000, hidden, layers, inter)
 
 

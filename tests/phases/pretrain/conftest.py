@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from phases.model import artifact
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,8 +31,7 @@ def made_up_documents(n_docs: int, seed: int) -> list[str]:
     docs = []
     for _ in range(n_docs):
         sentences = [
-            f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}"
-            for _ in range(rng.randint(2, 5))
+            f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}" for _ in range(rng.randint(2, 5))
         ]
         docs.append(" ".join(sentences))
     return docs
@@ -45,8 +45,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1], pad_token=SPECIALS[2])
@@ -70,9 +72,17 @@ def make_model_phase_dir(root: Path, seed: int = 0) -> Path:
     train_docs, val_docs = made_up_documents(400, seed), made_up_documents(40, seed + 1)
     tokenizer = train_tokenizer(train_docs)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     artifact.write(root, tokenizer, config.to_dict(), pack(tokenizer, train_docs, SEQ_LEN), pack(tokenizer, val_docs, SEQ_LEN))
     return root

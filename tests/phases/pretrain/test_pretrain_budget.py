@@ -17,8 +17,9 @@ from tests.phases.toy_artifacts import make_data_dir
 pytestmark = pytest.mark.e2e
 
 BUDGET = 8e9  # FLOPs: the smallest shape (~130k parameters) for ~10k tokens
-CFG = PretrainConfig(max_steps=500, micro_batch_size=8, grad_accum=1, warmup_steps=10, eval_every=1000, eval_batches=2,
-                     checkpoint_every=1000, timeout_s=300)
+CFG = PretrainConfig(
+    max_steps=500, micro_batch_size=8, grad_accum=1, warmup_steps=10, eval_every=1000, eval_batches=2, checkpoint_every=1000, timeout_s=300
+)
 
 
 def test_a_budgeted_run_trains_for_the_planned_tokens(tmp_path, monkeypatch):

@@ -21,15 +21,17 @@ CFG = PretrainConfig(max_steps=20, warmup_steps=2)
 def _write_checkpoint(ckpt_dir: Path, tag: str, data_fp: str, tok: str = "tok", generation: int = 0) -> None:
     (ckpt_dir / tag).mkdir(parents=True)
     (ckpt_dir / tag / checkpoint.STATE_FILE).write_text("{}")
-    (ckpt_dir / checkpoint.LATEST).write_text(json.dumps(
-        {"tag": tag, "step": 10, "generation": generation, "data_fingerprint": data_fp, "tokenizer_digest": tok}))
+    (ckpt_dir / checkpoint.LATEST).write_text(
+        json.dumps({"tag": tag, "step": 10, "generation": generation, "data_fingerprint": data_fp, "tokenizer_digest": tok})
+    )
 
 
 def test_checkpoint_dir_is_stable_and_ignores_operational_fields(model_phase_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path / "home"))
     a = checkpoint.checkpoint_dir(CFG, model_phase_dir, tmp_path / "outputs" / "pretrain" / ".k.staging-1234")
-    b = checkpoint.checkpoint_dir(CFG.model_copy(update={"timeout_s": 99, "checkpoint_every": 3, "on_new_data": "warm_start"}),
-                                  model_phase_dir, tmp_path / "elsewhere")
+    b = checkpoint.checkpoint_dir(
+        CFG.model_copy(update={"timeout_s": 99, "checkpoint_every": 3, "on_new_data": "warm_start"}), model_phase_dir, tmp_path / "elsewhere"
+    )
     assert a == b and a.parent == tmp_path / "home" / "checkpoints" / "pretrain"
     assert checkpoint.checkpoint_dir(CFG.model_copy(update={"lr": 1e-4}), model_phase_dir, tmp_path) != a
     monkeypatch.delenv("LIFECYCLE_HOME")

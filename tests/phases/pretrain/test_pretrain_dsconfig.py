@@ -44,8 +44,7 @@ def test_optimizer_clipping_and_quiet_printing():
 def test_scheduler_params():
     sched = deepspeed_config(PretrainConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.2), 1)["scheduler"]
     assert sched["type"] == "WarmupCosineLR"
-    assert sched["params"] == {"total_num_steps": 100, "warmup_num_steps": 10, "warmup_min_ratio": 0.1,
-                               "cos_min_ratio": 0.2, "warmup_type": "linear"}
+    assert sched["params"] == {"total_num_steps": 100, "warmup_num_steps": 10, "warmup_min_ratio": 0.1, "cos_min_ratio": 0.2, "warmup_type": "linear"}
     # DeepSpeed rejects warmup_num_steps=0: no warmup is one step at full lr.
     none = warmup_cosine_params(PretrainConfig(max_steps=5, warmup_steps=0))
     assert none["warmup_num_steps"] == 1 and none["warmup_min_ratio"] == 1.0

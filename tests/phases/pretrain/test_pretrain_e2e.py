@@ -17,8 +17,9 @@ pytestmark = pytest.mark.e2e
 
 STEPS = 30
 # Global batch 8 in both runs: 1 rank x micro 4 x accumulation 2, and 2 ranks x micro 4 x 1.
-ONE_RANK = PretrainConfig(max_steps=STEPS, micro_batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=3,
-                          eval_every=10, eval_batches=4, timeout_s=300, seed=0)
+ONE_RANK = PretrainConfig(
+    max_steps=STEPS, micro_batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=4, timeout_s=300, seed=0
+)
 TWO_RANKS_ZERO2 = ONE_RANK.model_copy(update={"num_gpus": 2, "grad_accum": 1, "zero_stage": 2})
 
 
@@ -137,7 +138,7 @@ def test_timeout_kills_launcher_and_ranks(model_ref, tmp_path, monkeypatch):
     from phases.errors import LaunchError
 
     cfg = ONE_RANK.model_copy(update={"max_steps": 1_000_000, "eval_every": 1_000_000, "timeout_s": 10})
-    with pytest.raises(LaunchError, match="timed out") as err:
+    with pytest.raises(LaunchError, match="timed out"):
         _run(cfg, model_ref, tmp_path / "out", monkeypatch)
     pids = [int(p) for p in re.findall(r"process (\d+) spawned", (tmp_path / "out" / "train.log").read_text())]
     assert pids, "the launcher never reported its rank"

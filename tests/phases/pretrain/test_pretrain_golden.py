@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from phases.model import artifact
 from phases.config import load_config
 from phases.metrics import ListSink
+from phases.model import artifact
 from phases.pretrain.build import build
 from phases.refs import PhaseRef
-
 from tests.phases.pretrain.conftest import made_up_documents, pack, train_tokenizer
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +34,9 @@ def _tiny_model_dir(root: Path) -> Path:
     train_docs, val_docs = made_up_documents(1200, seed=7), made_up_documents(120, seed=8)
     tokenizer = train_tokenizer(train_docs, vocab_size=tiny.model.vocab_size)  # the grammar caps it far below
     seq_len = tiny.model.seq_len
-    artifact.write(root, tokenizer, tiny_architecture(tiny.model, tokenizer), pack(tokenizer, train_docs, seq_len), pack(tokenizer, val_docs, seq_len))
+    artifact.write(
+        root, tokenizer, tiny_architecture(tiny.model, tokenizer), pack(tokenizer, train_docs, seq_len), pack(tokenizer, val_docs, seq_len)
+    )
     return root
 
 
@@ -45,10 +46,17 @@ def tiny_architecture(m, tokenizer) -> dict:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, num_key_value_heads=m.num_heads,
-        max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     ).to_dict()
 
 
@@ -83,8 +91,10 @@ def test_loss_trajectory_matches_golden(golden_run):
     assert len(losses) == STEPS
     if os.environ.get("LIFECYCLE_REGEN_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text("# tiny preset pretrain + architecture, 40 steps, see test_pretrain_golden.py\n"
-                          "step\tloss\n" + "".join(f"{i}\t{v!r}\n" for i, v in enumerate(losses, 1)))
+        GOLDEN.write_text(
+            "# tiny preset pretrain + architecture, 40 steps, see test_pretrain_golden.py\n"
+            "step\tloss\n" + "".join(f"{i}\t{v!r}\n" for i, v in enumerate(losses, 1))
+        )
         pytest.skip(f"regenerated {GOLDEN}")
     golden = read_golden()
     assert [s for s, _ in golden] == list(range(1, STEPS + 1))

@@ -17,9 +17,9 @@ from phases.errors import ConfigError
 from phases.model.build import llama_config, resolve_shape
 from phases.model.sizing import SIZE_PRESETS, llama_parameters
 from phases.pretrain import runtime
+from phases.pretrain.build import launcher_command
 from phases.pretrain.dsconfig import deepspeed_config
 from phases.pretrain.flops import flops_per_token, matmul_params, peak_flops
-from phases.pretrain.build import launcher_command
 
 
 class _Vocab:
@@ -116,8 +116,15 @@ def test_attention_kernel_is_the_one_requested(preset, meta_model):
     assert preset.pretrain.attn_implementation == "sdpa"
     assert meta_model.config._attn_implementation == "sdpa"
     # Honoured, not a library default that happens to agree: eager is built when asked.
-    tiny_arch = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                 "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    tiny_arch = {
+        "vocab_size": 300,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
     eager = runtime.build_model(tiny_arch, "eager")
     assert eager.config._attn_implementation == "eager"
     assert eager.model.layers[0].self_attn.config._attn_implementation == "eager"

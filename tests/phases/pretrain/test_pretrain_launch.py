@@ -73,11 +73,16 @@ def test_check_model_dir_names_missing_and_truncated_files(model_phase_dir, tmp_
 
 def test_replay_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in [
-        {"t": 0, "step": 1, "metrics": {"train/loss": 5.0}},
-        {"t": 0, "params": {"a": 1}},
-        {"t": 0, "step": 2, "metrics": {"train/loss": 4.0, "val/loss": 4.5}},
-    ]))
+    path.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"t": 0, "step": 1, "metrics": {"train/loss": 5.0}},
+                {"t": 0, "params": {"a": 1}},
+                {"t": 0, "step": 2, "metrics": {"train/loss": 4.0, "val/loss": 4.5}},
+            ]
+        )
+    )
     sink = ListSink()
     replay_metrics(path, sink)
     assert sink.series("train/loss") == [5.0, 4.0] and sink.series("val/loss") == [4.5]

@@ -21,15 +21,25 @@ import pytest
 from phases.config import PretrainConfig
 from phases.errors import DataError, LaunchError
 from phases.metrics import ListSink
-from phases.pretrain.checkpoint import LATEST
 from phases.pretrain.build import build
+from phases.pretrain.checkpoint import LATEST
 from phases.refs import PhaseRef
 
 pytestmark = pytest.mark.e2e
 
 # Long enough (~10 s of steps) that the kill lands mid-way; checkpoints every 10 steps.
-CFG = PretrainConfig(max_steps=400, micro_batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=5, eval_every=200,
-                     eval_batches=2, checkpoint_every=10, timeout_s=300, seed=0)
+CFG = PretrainConfig(
+    max_steps=400,
+    micro_batch_size=4,
+    grad_accum=2,
+    lr=3e-3,
+    warmup_steps=5,
+    eval_every=200,
+    eval_batches=2,
+    checkpoint_every=10,
+    timeout_s=300,
+    seed=0,
+)
 KILL_AFTER_CHECKPOINT_STEP = 20
 
 
@@ -75,8 +85,9 @@ def runs(dropout_model, tmp_path_factory):
         full_summary, full = _build(CFG, dropout_model, base / "home-full", base / "out-full", mp)
         home = base / "home-killed"
         errors: list = []
-        watcher = threading.Thread(target=_kill_when_checkpointed,
-                                   args=(home / "checkpoints" / "pretrain", base / "out-killed", KILL_AFTER_CHECKPOINT_STEP, errors))
+        watcher = threading.Thread(
+            target=_kill_when_checkpointed, args=(home / "checkpoints" / "pretrain", base / "out-killed", KILL_AFTER_CHECKPOINT_STEP, errors)
+        )
         watcher.start()
         with pytest.raises(LaunchError) as killed:
             _build(CFG, dropout_model, home, base / "out-killed", mp)
@@ -84,8 +95,7 @@ def runs(dropout_model, tmp_path_factory):
         assert not errors, errors
         # A rerun gets a fresh staging dir, as storage.materialize would give it.
         resumed_summary, resumed = _build(CFG, dropout_model, home, base / "out-resumed", mp)
-    return {"full": (full_summary, full), "killed": killed.value, "resumed": (resumed_summary, resumed),
-            "home": home, "base": base}
+    return {"full": (full_summary, full), "killed": killed.value, "resumed": (resumed_summary, resumed), "home": home, "base": base}
 
 
 def test_killed_run_resumes_with_bitwise_identical_losses(runs):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phases.pretrain.scaling import (ScalingPoint, compute_optimal_frontier, fit_power_law, load_fit, plot_fit,
-                                     power_law, save_fit)
+from phases.pretrain.scaling import ScalingPoint, compute_optimal_frontier, fit_power_law, load_fit, plot_fit, power_law, save_fit
 
 E, A, ALPHA = 1.69, 406.4, 0.34  # Chinchilla's parametric fit (its N term)
 SIZES = [2e5, 5e5, 1e6, 3e6, 1e7, 5e7, 2e8]
@@ -14,8 +13,7 @@ SIZES = [2e5, 5e5, 1e6, 3e6, 1e7, 5e7, 2e8]
 
 def _points(noise: float = 0.0, seed: int = 0) -> list[ScalingPoint]:
     rng = np.random.default_rng(seed)
-    return [ScalingPoint(int(n), 10**8, float(power_law(n, E, A, ALPHA) * (1 + noise * rng.standard_normal())))
-            for n in SIZES]
+    return [ScalingPoint(int(n), 10**8, float(power_law(n, E, A, ALPHA) * (1 + noise * rng.standard_normal()))) for n in SIZES]
 
 
 def test_fit_recovers_exact_law():

@@ -52,8 +52,10 @@ def test_documents_seen_from_a_pretraining_output(tmp_path, capsys):
     model.mkdir(), out.mkdir()
     meta = row_numbered_bin(model / "train.bin", 12)
     (model / "packed.json").write_text(json.dumps(meta))
-    pq.write_table(pa.table({"id": [f"d{i}" for i in range(12)], "source": ["x"] * 12, "start": np.arange(12) * SEQ, "length": [SEQ] * 12}),
-                   model / "train_docs.parquet")
+    pq.write_table(
+        pa.table({"id": [f"d{i}" for i in range(12)], "source": ["x"] * 12, "start": np.arange(12) * SEQ, "length": [SEQ] * 12}),
+        model / "train_docs.parquet",
+    )
     pretrain = {"micro_batch_size": 2, "grad_accum": 1, "num_gpus": 1, "num_nodes": 1, "seed": 3, "max_steps": 5, "warmup_steps": 1}
     (out / "training_args.json").write_text(json.dumps({"pretrain": pretrain, "model_dir": str(model)}))
     (out / "summary.json").write_text(json.dumps({"steps": 5}))
