@@ -41,24 +41,14 @@ def _model_dir(tmp: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from phases.config import load_config
+    from phases.model.build import llama_config
 
     m = load_config("tiny").model
     texts = [r["text"] for split in toy_artifacts.data_rows().values() for r in split]
     tok = toy_artifacts.train_tokenizer(texts, vocab_size=m.vocab_size)
     tok.model_max_length = m.max_position_embeddings
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        num_key_value_heads=m.num_heads,
-        max_position_embeddings=m.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    # The tiny preset's decoder, as the model phase sizes it.
+    config = LlamaConfig(**llama_config((m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size), m, tok))
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp / "fp32")
     tok.save_pretrained(tmp / "fp32")
