@@ -1,4 +1,4 @@
-"""Phase 1 on Spark: read the sources, normalize, filter, drop exact duplicates, mix, split.
+"""Phase 1 on Spark: read the sources (:mod:`phases.data.sources`), normalize, filter, drop exact duplicates, mix, split.
 
 Per-document logic lives in :mod:`phases.data.normalize` and runs batch-wise through
 ``mapInPandas`` (Arrow), never as a per-row Python UDF. Every document that does not reach
@@ -8,14 +8,12 @@ the output is written to ``rejected/`` with its source, location, stage and reas
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import sysconfig
 from pathlib import Path
 from typing import Any, Iterator
 
-from phases.config import DataConfig, SourceConfig
-from phases.data.sources import is_remote, source_files
+from phases.config import DataConfig
+from phases.data.sources import id_prefix, read_source
 from phases.data.spark import spark_session
 from phases.errors import DataError
 from phases.metrics import MetricsSink, write_table
@@ -30,87 +28,13 @@ PROCESSED_SCHEMA = "id string, source string, location string, text string, sha 
 OUTPUT_COLUMNS = ("id", "source", "text")
 
 
-def _id_prefix(source: SourceConfig) -> str:
-    """Builtin documents are identified by their path relative to the install, stable across machines."""
-    if source.kind == "python_stdlib":
-        return "file:" + os.path.abspath(sysconfig.get_paths()["stdlib"]) + "/"
-    if source.kind in ("package_docs", "package_licenses"):
-        return "file:" + os.path.abspath(sysconfig.get_paths()["purelib"]) + "/"
-    if source.kind == "text" and source.path and not is_remote(source.path):
-        # A plain-text file is identified by its path under the source directory.
-        p = Path(os.path.abspath(Path(source.path.removeprefix("file://")).expanduser()))
-        root = p if p.is_dir() else p.parent
-        while any(ch in str(root) for ch in "*?["):
-            root = root.parent
-        return "file:" + str(root) + "/"
-    return ""
-
-
-def read_source(spark, source: SourceConfig):
-    """One source as rows (source, location, doc_id, raw bytes, read_error)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    files = source_files(source)
-    paths = [os.path.abspath(f) for f in files] if files is not None else [source.path]
-    location = F.col("_metadata.file_path")
-    no_error = F.lit(None).cast("string")
-    if source.kind in ("python_stdlib", "package_docs", "package_licenses", "text"):
-        df = spark.read.text(paths, wholetext=True).select(
-            location.alias("location"),
-            F.lit(None).cast("string").alias("doc_id"),
-            F.col("value").alias("raw"),
-            no_error.alias("read_error"),
-        )
-        if files is not None:
-            # Spark yields no row for an empty file: list what it skipped so it is counted.
-            listed = spark.createDataFrame([("file:" + p,) for p in paths], "location string")
-            skipped = listed.join(df.select("location"), "location", "left_anti").select(
-                "location",
-                F.lit(None).cast("string").alias("doc_id"),
-                F.lit(None).cast("string").alias("raw"),
-                F.lit("empty_file").alias("read_error"),
-            )
-            df = df.unionByName(skipped)
-    elif source.kind == "jsonl":
-        fields = [StructField(source.text_field, StringType())]
-        if source.id_field and source.id_field != source.text_field:
-            fields.append(StructField(source.id_field, StringType()))
-        fields.append(StructField("_corrupt", StringType()))
-        df = (
-            spark.read.schema(StructType(fields))
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", "_corrupt")
-            .json(paths)
-            .select(
-                location.alias("location"),
-                (F.col(source.id_field) if len(fields) == 3 else F.lit(None).cast("string")).alias("doc_id"),
-                F.coalesce(F.col(source.text_field), F.col("_corrupt")).alias("raw"),
-                F.when(F.col("_corrupt").isNotNull(), F.lit("malformed_json")).alias("read_error"),
-            )
-        )
-    else:  # parquet
-        df = spark.read.parquet(*paths)
-        if source.text_field not in df.columns:
-            raise DataError(
-                f"source {source.name!r}: Parquet has no column {source.text_field!r} (columns: {df.columns}); set data.sources[].text_field"
-            )
-        id_col = F.col(source.id_field).cast("string") if source.id_field in df.columns else F.lit(None).cast("string")
-        df = df.select(
-            location.alias("location"), id_col.alias("doc_id"), F.col(source.text_field).cast("string").alias("raw"), no_error.alias("read_error")
-        )
-    # Raw bytes cross into Python: Spark strings may hold invalid UTF-8, which Arrow would
-    # refuse for the whole batch; decoding per document lets us quarantine just that one.
-    return df.select(F.lit(source.name).alias("source"), "location", "doc_id", F.col("raw").cast("binary").alias("raw"), "read_error")
-
-
 def process_batches(cfg: DataConfig):
     """The mapInPandas function: normalize, check and hash each document of a batch."""
     from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
     from phases.data.pii import redact
     from phases.data.quality import quality_reason
 
-    prefixes = {s.name: _id_prefix(s) for s in cfg.sources}
+    prefixes = {s.name: id_prefix(s) for s in cfg.sources}
     metadata_sources = {s.name for s in cfg.sources if s.kind == "package_docs"}
     filtered_sources = {s.name for s in cfg.sources if s.quality_filters}
     no_pii = {k: 0 for k in PII_KINDS}
