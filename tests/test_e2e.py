@@ -2,6 +2,7 @@
 Prefect (a temporary local server) and MLflow (SQLite). Then a rerun that reuses every phase,
 and a subset run that recomputes only what its override changed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -124,8 +125,11 @@ def test_outputs_are_usable(home):
     model = AutoModelForCausalLM.from_pretrained(pretrain_dir)
     tok = AutoTokenizer.from_pretrained(pretrain_dir)
     assert model.config.vocab_size == len(tok)
-    gens = (next((home / "outputs" / "inference").iterdir()) / "generations.jsonl").read_text().splitlines()
-    assert len(gens) == 4
+    inference = next((home / "outputs" / "inference").iterdir())
+    gens = [json.loads(line) for line in (inference / "generations.jsonl").read_text().splitlines()]
+    summary = json.loads((inference / "manifest.json").read_text())["summary"]
+    assert len({g["prompt_sha256"] for g in gens}) == summary["num_prompts"] > 0
+    assert sum(g["completion_tokens"] for g in gens) > 0
 
 
 def test_rerun_reuses_every_phase_then_subset_recomputes_only_what_changed(home, mlflow_client):

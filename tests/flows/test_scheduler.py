@@ -59,15 +59,16 @@ def server(tmp_path):
         proc.wait(30)
 
 
-def test_scheduler_creates_the_runs_of_a_cron_schedule(server, monkeypatch):
+def test_scheduler_creates_the_runs_of_a_cron_schedule(server):
     url, log = server
-    monkeypatch.setenv("PREFECT_API_URL", url)
-    from prefect import get_client
+    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.schedules import CronSchedule
 
-    with get_client(sync_client=True) as client:
+    # A client bound to this server: settings cached by earlier tests could point get_client() at a
+    # temporary server, which runs no scheduler.
+    with SyncPrefectClient(url) as client:
         flow_id = client.create_flow_from_name("llm-lifecycle")
         dep = client.create_deployment(
             flow_id=flow_id,

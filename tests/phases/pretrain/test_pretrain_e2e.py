@@ -137,7 +137,9 @@ def test_timeout_kills_launcher_and_ranks(model_ref, tmp_path, monkeypatch):
 
     from phases.errors import LaunchError
 
-    cfg = ONE_RANK.model_copy(update={"max_steps": 1_000_000, "eval_every": 1_000_000, "timeout_s": 10})
+    cfg = ONE_RANK.model_copy(
+        update={"max_steps": 1_000_000, "eval_every": 1_000_000, "timeout_s": 30}
+    )  # the launcher needs ~10 s to spawn a rank on 2 busy cores
     with pytest.raises(LaunchError, match="timed out"):
         _run(cfg, model_ref, tmp_path / "out", monkeypatch)
     pids = [int(p) for p in re.findall(r"process (\d+) spawned", (tmp_path / "out" / "train.log").read_text())]
