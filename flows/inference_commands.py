@@ -93,9 +93,9 @@ def _quiet() -> None:
 
 
 def generate(args) -> int:
-    from phases.env import offline_env
+    from flows.env import configure
 
-    offline_env()
+    configure()  # offline, and models:/ URIs resolve in $LIFECYCLE_HOME's registry unless MLFLOW_TRACKING_URI says otherwise
     _quiet()
     from phases.errors import ConfigError, DataError
 
@@ -143,9 +143,9 @@ def generate(args) -> int:
 
 
 def serve_model(args) -> int:
-    from phases.env import offline_env
+    from flows.env import configure
 
-    offline_env()
+    configure()  # offline, and models:/ URIs resolve in $LIFECYCLE_HOME's registry unless MLFLOW_TRACKING_URI says otherwise
     _quiet()
     from phases.errors import ConfigError
     from phases.inference.resolve import resolve
