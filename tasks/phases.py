@@ -20,7 +20,7 @@ from phases.config import Section
 from phases.errors import LifecycleError
 from phases.metrics import MlflowSink
 from phases.refs import PhaseRef
-from phases.registry import PHASES, run_phase
+from phases.registry import BY_NAME, PHASES, run_phase
 from tasks import lineage
 
 # Failures worth another try: the tracking store or a filesystem hiccup, never a bad
@@ -86,7 +86,7 @@ def publish_summary(phase: str, ref: PhaseRef, reused: bool, run_id: str, ctx: L
     """A markdown artifact in the Prefect UI: the phase's headline figures and where its MLflow run is."""
     from prefect.artifacts import create_markdown_artifact
 
-    spec = next(s for s in PHASES if s.name == phase)
+    spec = BY_NAME[phase]
     rows = "\n".join(f"| {k} | {_fmt(ref.summary.get(k))} |" for k in spec.headline)
     link = lineage.run_link(Path(ctx.home), ctx.experiment_id, run_id)
     create_markdown_artifact(
