@@ -40,26 +40,38 @@ def rows_to_documents(docs: pa.Table, rows: np.ndarray, seq_len: int) -> pa.Tabl
     )
 
 
-def documents_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[pa.Table, dict]:
-    """The documents a pretraining output (or its first ``steps`` steps) trained on, and a summary."""
-    from phases.pretrain.loop import PackedSequences
-
+def _run(pretrain_dir: Path) -> tuple[PretrainConfig, Path, dict]:
+    """A pretraining output's config, model phase directory and summary."""
     pretrain_dir = Path(pretrain_dir)
     try:
         spec = json.loads((pretrain_dir / "training_args.json").read_text())
         summary = json.loads((pretrain_dir / "summary.json").read_text())
     except FileNotFoundError as e:
         raise DataError(f"{pretrain_dir} is not a pretraining output ({e.filename} missing)") from None
-    cfg = PretrainConfig.model_validate(spec["pretrain"])
-    model_dir = Path(spec["model_dir"])
-    meta = artifact.read_packed(model_dir)
+    return PretrainConfig.model_validate(spec["pretrain"]), Path(spec["model_dir"]), summary
+
+
+def rows_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[np.ndarray, Path]:
+    """The packed train rows a pretraining output's first ``steps`` steps (all by default)
+    trained on, in order (repeats after an epoch included), and its model phase directory."""
+    from phases.pretrain.loop import PackedSequences
+
+    cfg, model_dir, summary = _run(pretrain_dir)
     done = int(summary["steps"])
     steps = done if steps is None else steps
     if not 0 <= steps <= done:
         raise DataError(f"--step {steps} is outside the run's 0..{done} steps")
     world = cfg.num_gpus * cfg.num_nodes
-    data = PackedSequences(model_dir / "train.bin", meta, rank=0, world_size=world, seed=cfg.seed)
-    rows = data.rows_seen(cfg.micro_batch_size, cfg.grad_accum, steps)
+    data = PackedSequences(model_dir / "train.bin", artifact.read_packed(model_dir), rank=0, world_size=world, seed=cfg.seed)
+    return data.rows_seen(cfg.micro_batch_size, cfg.grad_accum, steps), model_dir
+
+
+def documents_seen(pretrain_dir: Path, steps: int | None = None) -> tuple[pa.Table, dict]:
+    """The documents a pretraining output (or its first ``steps`` steps) trained on, and a summary."""
+    rows, model_dir = rows_seen(pretrain_dir, steps)
+    summary = _run(pretrain_dir)[2]
+    steps = int(summary["steps"]) if steps is None else steps
+    meta = artifact.read_packed(model_dir)
     table = rows_to_documents(pq.read_table(model_dir / "train_docs.parquet"), rows, int(meta["seq_len"]))
     by_source: dict[str, int] = {}
     for s in table.column("source").to_pylist():
