@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop the services `lifecycle up` started")
     inference_commands.add_parsers(sub)
 
+    ev = sub.add_parser("evaluate", help="score one model (a directory or models:/NAME@ALIAS) on the config's evaluation suite")
+    ev.add_argument("--model", required=True, help="model directory, models:/NAME@ALIAS or models:/NAME/VERSION")
+    ev.add_argument("--config", default="tiny", help="preset whose data, align and evaluate sections build the suite")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. evaluate.limit=16")
+    ev.add_argument("--label", default="model", help="name of the model in the metrics (eval/LABEL/TASK/METRIC)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+
     ln = sub.add_parser("lineage", help="which documents a pretrained model (or its first N steps) trained on")
     ln.add_argument("pretrain_dir", help="a pretraining output directory (.lifecycle/outputs/pretrain/<key>)")
     ln.add_argument("--step", type=int, help="only the first STEP optimizer steps (default: all)")
@@ -219,6 +226,24 @@ def _run(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    load_config(args.config, args.overrides)  # a bad value fails here, before Prefect starts
+    from flows.env import configure
+
+    configure()
+    from flows.evaluate_model import evaluate_model
+
+    result = evaluate_model(model=args.model, config=args.config, overrides=args.overrides, label=args.label)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from phases.evaluate.suite import table_markdown
+
+    print(table_markdown(result["rows"], [args.label]))
+    print(f"MLflow run {result['run_id']}; suite {result['suite']}; files in {result['output']}")
+    return 0
+
+
 def _up(args) -> int:
     from flows import stack
     from flows.env import lifecycle_home
@@ -247,6 +272,7 @@ COMMANDS = {
     "sweep": _sweep,
     "dedup": dedup_command.run,
     "lineage": _lineage,
+    "evaluate": _evaluate,
     "plan": _plan,
     "up": _up,
     "down": _down,

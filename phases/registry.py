@@ -63,7 +63,15 @@ PHASES: tuple[PhaseSpec, ...] = (
         ("num_prompts", "tokens_per_s", "int8_size_ratio", "int8_perplexity_rise", "best_of_status"),
         (*RECORDS, "generations.jsonl", "best_of.jsonl", "quantization.json"),
     ),
-    PhaseSpec("evaluate", 1, ("align", "data", "model"), evaluate.build, ("mc_acc", "val_perplexity"), RECORDS),
+    # lm-eval's own results carry timings and the temporary paths of the task files.
+    PhaseSpec(
+        "evaluate",
+        2,
+        ("align", "pretrain", "data", "model"),
+        evaluate.build,
+        ("primary", "primary_value", "primary_stderr", "untrained_value", "val_perplexity", "contaminated_tasks", "memorized_rate"),
+        (*RECORDS, "lm_eval/*.json"),
+    ),
 )
 BY_NAME = {p.name: p for p in PHASES}
 assert tuple(BY_NAME) == PHASE_NAMES, "phases.config.PHASE_NAMES and the registry disagree"

@@ -324,13 +324,41 @@ class InferenceConfig(Section):
         return self
 
 
-class EvaluateConfig(Section):
-    """Phase 6: lm-eval benchmark on held-out data, and validation perplexity."""
+OUR_TASKS = ("lifecycle_heldout_mc", "lifecycle_instruct_mc", "lifecycle_instruct_gen", "lifecycle_ppl")
 
-    num_examples: int = Field(64, ge=4, description="Multiple-choice questions built from the validation split.")
-    num_choices: int = Field(4, ge=2, le=10, description="Choices per question.")
+
+class EvaluateConfig(Section):
+    """Phase 6: an lm-eval suite on the aligned model and its baselines, memorization and
+    contamination probes, and the gate that promotes a better model to ``champion``."""
+
+    tasks: tuple[str, ...] = Field(
+        OUR_TASKS,
+        min_length=1,
+        description="lm-eval tasks or tags: ours (built from held-out data; lifecycle_ppl = one task per source) or any in task_dirs.",
+    )
+    task_dirs: tuple[str, ...] = Field((), description="Extra folders of lm-eval task YAMLs (a standard task pointed at local data files).")
+    num_fewshot: int = Field(0, ge=0, description="Few-shot examples per prompt.")
+    limit: int | None = Field(None, ge=1, description="Score at most this many items per task (None: all).")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size.")
+    bootstrap_iters: int = Field(1000, ge=0, description="Bootstrap resamples for the standard error of non-mean metrics (chrf).")
+    baselines: bool = Field(True, description="Also score the untrained initialisation and the pretrained (unaligned) model.")
+    num_examples: int = Field(64, ge=4, description="Held-out continuation questions built from the validation split.")
+    num_choices: int = Field(4, ge=2, le=10, description="Choices per multiple-choice question.")
     context_chars: int = Field(200, ge=20, description="Characters of a document shown as the question.")
     continuation_chars: int = Field(60, ge=5, description="Characters of the true continuation (and of each distractor).")
-    perplexity_batches: int = Field(16, ge=1, description="Validation batches for perplexity.")
-    batch_size: int = Field(8, ge=1, description="lm-eval batch size.")
-    seed: int = Field(0, description="Seed for question construction.")
+    instruct_examples: int = Field(64, ge=2, description="Held-out chats of the align phase used by the instruction tasks (at most).")
+    perplexity_docs: int = Field(16, ge=1, description="Validation documents per source for lifecycle_ppl_<source>.")
+    perplexity_chars: int = Field(2000, ge=100, description="Characters of each such document scored (the first ones).")
+    perplexity_batches: int = Field(16, ge=1, description="Batches of val.bin for the token-level validation perplexity.")
+    memorization_samples: int = Field(64, ge=0, description="Training sequences probed for verbatim extraction (0: no probe).")
+    memorization_prefix: int = Field(32, ge=1, description="Prompt length of the probe, in tokens.")
+    memorization_suffix: int = Field(32, ge=1, description="Greedy-decoded tokens compared with the training text.")
+    canaries: tuple[str, ...] = Field((), description="Strings planted in the training data; the probe reports whether each is reproduced.")
+    contamination_ngram: int = Field(13, ge=4, description="Words per n-gram of the overlap check between task items and training data.")
+    contamination_policy: Literal["flag", "clean", "fail"] = Field(
+        "flag", description="Contaminated items: flag them (report only), score the clean subset only, or fail the run."
+    )
+    primary: str = Field("lifecycle_heldout_mc/acc", pattern=r"^[^/]+/[^/]+$", description="TASK/METRIC deciding promotion.")
+    margin: float = Field(0.0, ge=0, description="How much the challenger must beat the champion on the primary metric to be promoted.")
+    promote: bool = Field(True, description="Run the gate: move alias champion to a better registered model.")
+    seed: int = Field(0, description="Seed for building task items and sampling probes.")

@@ -121,8 +121,22 @@ def register_model(section: Section, ref: PhaseRef, run_id: str, ctx: LineageCon
     logger.info("align: registered models:/%s/%s (alias challenger)", section.register_as, version)
 
 
+def promote_model(section: Section, ref: PhaseRef, run_id: str, ctx: LineageContext) -> None:
+    """The evaluation gate: alias champion moves to the evaluated model when it beats the champion."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import promotion
+
+    if not section.promote:
+        get_run_logger().info("evaluate: promotion off (evaluate.promote=false)")
+        return
+    decision = promotion.promote(section, ref, run_id, lineage.client(Path(ctx.home)))
+    get_run_logger().info("evaluate: promotion %s: %s", decision["outcome"], decision["reason"])
+    create_markdown_artifact(key="promotion", description=f"promotion: {decision['outcome']}", markdown=promotion.markdown(decision))
+
+
 # Steps after a phase built its output, inside its MLflow run.
-AFTER_BUILD = {"align": register_model}
+AFTER_BUILD = {"align": register_model, "evaluate": promote_model}
 
 
 def _phase_task(phase: str):

@@ -1,70 +1,45 @@
-"""Phase 6: lm-eval on a held-out multiple-choice task, plus validation perplexity.
+"""Phase 6: the lm-eval suite on the aligned model and its baselines, memorization and
+contamination probes, and validation perplexity.
 
-The task is built from the data phase's validation split (:mod:`phases.evaluate.tasks`)
-and run through lm-eval's Python API against the aligned model; perplexity is measured
-on the model phase's packed ``val.bin`` (:mod:`phases.evaluate.perplexity`).
+Steps, in order (each failure names its cause before the next costs anything):
+1. the suite: our task files built from held-out data (:mod:`phases.evaluate.suite`), every
+   configured task loaded and rendered through lm-eval — a bad task fails here, before any
+   model is loaded;
+2. contamination: 13-gram overlap of every task's items with the pretraining and alignment
+   training sets (:mod:`phases.evaluate.contamination`); the policy flags them, drops them
+   from scoring (``clean``) or fails the run;
+3. scores: lm-eval on the aligned model and, as references on the same items, the untrained
+   initialisation (same architecture and seed as pretraining) and the pretrained model;
+4. memorization: greedy extraction of training sequences the pretraining run saw, weighted
+   toward documents whose duplicates the data phase removed, and configured canaries
+   (:mod:`phases.evaluate.memorization`);
+5. token-level validation perplexity on the model phase's ``val.bin``.
 
-Published under ``out``: ``task/`` (``mc.jsonl`` and a YAML naming it relatively, so the
-output's fingerprint does not depend on the staging path), ``report.json`` (lm-eval's
-results dict) and ``perplexity.json``. lm-eval itself reads a YAML copy in a temporary
-folder that names the absolute path of ``mc.jsonl``.
+Published under ``out``: ``suite/`` (task YAMLs naming their data relatively, and the data),
+``scored.json`` (tasks, the items scored, the suite fingerprint: what the promotion gate
+needs to score the champion on the same items), ``results.json`` (one row per model, task
+and metric, with stderr), ``results.md``, ``lm_eval/<model>.json`` (lm-eval's results),
+``contamination.json``, ``memorization.json``, ``perplexity.json``. The promotion itself
+is a registry step after the phase (``tasks/promotion.py``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from phases.config import EvaluateConfig
-from phases.errors import DataError
+from phases.evaluate import suite as S
 from phases.evaluate.perplexity import perplexity, read_packed
-from phases.evaluate.tasks import TASK_NAME, YAML_FILE, build_questions, task_config, write_task
 from phases.metrics import MetricsSink
 from phases.refs import PhaseRef
 
-
-def run_lm_eval(model_dir: Path, data_file: Path, batch_size: int) -> dict[str, Any]:
-    """lm-eval's results for the local task on the model at ``model_dir`` (JSON-safe)."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable
-
-    with tempfile.TemporaryDirectory(prefix="lm-eval-task-") as task_dir:
-        (Path(task_dir) / YAML_FILE).write_text(yaml.safe_dump(task_config(Path(data_file).resolve()), sort_keys=False))
-        results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=f"pretrained={Path(model_dir).resolve()},dtype=float32",
-            tasks=[TASK_NAME],
-            # include_defaults=False: scanning lm-eval's thousands of built-in YAMLs takes
-            # seconds and is useless here; only our task folder is indexed.
-            task_manager=TaskManager(include_path=task_dir, include_defaults=False),
-            device="cpu",  # beside model_args, not inside it (lm-eval 0.4.13)
-            batch_size=batch_size,
-            log_samples=False,  # per-sample records would only bloat report.json
-        )
-    if results is None:  # only non-zero ranks get None; we run a single process
-        raise RuntimeError("lm-eval returned no results")
-    # lm-eval's own serializer turns numpy scalars and sets into JSON values (as its CLI does).
-    return json.loads(json.dumps(results, default=handle_non_serializable))
-
-
-def mc_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """Accuracy figures of our task from lm-eval's results (keys carry a filter suffix: ``acc,none``)."""
-    task = results["results"][TASK_NAME]
-    out = {"mc_acc": float(task["acc,none"]), "mc_acc_norm": float(task["acc_norm,none"])}
-    for key in ("acc_stderr,none", "acc_norm_stderr,none"):
-        if isinstance(task.get(key), (int, float)):
-            out["mc_" + key.split(",")[0]] = float(task[key])
-    return out
-
-
-def evaluated_count(results: dict[str, Any], default: int) -> int:
-    samples = results.get("n-samples", {}).get(TASK_NAME, {})
-    return int(samples.get("effective", default))
+log = logging.getLogger("lifecycle.evaluate")
+CANDIDATE = "aligned"
 
 
 def validation_perplexity(model_dir: Path, packed_dir: Path, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -76,38 +51,182 @@ def validation_perplexity(model_dir: Path, packed_dir: Path, cfg: EvaluateConfig
     return perplexity(model, rows, batch_size=cfg.batch_size, max_batches=cfg.perplexity_batches)
 
 
+def untrained_model(pretrain_dir: Path, dst: Path) -> Path:
+    """The pretraining run's initial weights, saved with its tokenizer: its exported architecture
+    (``config.json``) drawn after its seed, as the pretraining entry point does
+    (``torch.manual_seed(seed)``, then the model is built)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from phases.errors import DataError
+    from phases.storage import read_manifest
+
+    try:
+        seed = int(read_manifest(pretrain_dir)["config"]["seed"])
+    except (FileNotFoundError, KeyError):
+        raise DataError(
+            f"{pretrain_dir} has no manifest naming its pretrain.seed: pass a pretraining output, or set evaluate.baselines=false"
+        ) from None
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(pretrain_dir), dtype=torch.float32).save_pretrained(dst)
+    for f in Path(pretrain_dir).glob("*"):
+        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, Path(dst) / f.name)
+    return Path(dst)
+
+
+def prepare(cfg: EvaluateConfig, data_dir: Path, align_dir: Path, suite_dir: Path, work: Path):
+    """Steps 1-2: the suite written and loaded, contamination checked. Returns
+    ``(task_manager, tasks, samples, contamination_report, scored_info)``."""
+    from phases.evaluate import contamination as C
+
+    info = S.build_suite(cfg, data_dir=data_dir, align_dir=align_dir, suite=suite_dir)
+    names = info["tasks"]
+    tm = S.task_manager([S.runnable(suite_dir, work / "suite"), *cfg.task_dirs])
+    tasks = S.load_tasks(tm, names)
+    if cfg.primary.split("/", 1)[0] not in tasks:  # before any model is loaded
+        from phases.errors import ConfigError
+
+        raise ConfigError(f"evaluate.primary={cfg.primary!r}: task {cfg.primary.split('/', 1)[0]!r} is not in the suite {sorted(tasks)}")
+    t0 = time.monotonic()
+    reports = C.scan(S.items(tasks), (text for _, text in C.training_texts(data_dir, align_dir)), n=cfg.contamination_ngram)
+    outcome = C.apply_policy(reports, cfg.contamination_policy)  # raises under "fail"
+    outcome["reports"] = reports
+    log.info("evaluate: contamination check of %d tasks in %.1f s: %s", len(tasks), time.monotonic() - t0, outcome["summary"])
+    samples = S.all_samples(tasks, None)
+    samples.update(outcome.get("samples") or {})
+    samples = {k: v[: cfg.limit] for k, v in samples.items()}
+    scored = {"tasks": list(tasks), "samples": samples, "suite": S.fingerprint(suite_dir, cfg.task_dirs), "policy": cfg.contamination_policy}
+    return tm, tasks, samples, outcome, scored
+
+
+def score_models(models: Mapping[str, tuple[Path, Path]], tm, tasks, samples, cfg: EvaluateConfig, out: Path | None) -> list[dict[str, Any]]:
+    """Step 3 for each ``label: (model_dir, tokenizer_dir)``; lm-eval's results go to ``out/lm_eval``."""
+    rows: list[dict[str, Any]] = []
+    for i, (label, (model_dir, tok_dir)) in enumerate(models.items(), 1):
+        t0 = time.monotonic()
+        log.info("evaluate: scoring %s (%d/%d) on %d tasks", label, i, len(models), len(tasks))
+        results = S.score(model_dir, tok_dir, tm, list(tasks), cfg, samples)
+        if out is not None:
+            (out / "lm_eval").mkdir(exist_ok=True)
+            (out / "lm_eval" / f"{label}.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        rows += S.flatten(results, label)
+        log.info("evaluate: %s scored in %.0f s", label, time.monotonic() - t0)
+    return rows
+
+
 def build(cfg: EvaluateConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: MetricsSink) -> dict[str, Any]:
-    from phases.data.io import read_split
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from phases.env import offline_env
+    from phases.evaluate import contamination as C
+    from phases.evaluate import memorization as M
 
     offline_env()
-    out, model_dir = Path(out), inputs["align"].path
-    docs = read_split(inputs["data"].path, "validation")
-    if not docs:
-        raise DataError(f"the validation split under {inputs['data'].path} is empty: raise data.val_fraction or add documents")
-    questions = build_questions(
-        docs,
-        num_examples=cfg.num_examples,
-        num_choices=cfg.num_choices,
-        context_chars=cfg.context_chars,
-        continuation_chars=cfg.continuation_chars,
-        seed=cfg.seed,
-    )
-    data_file, _ = write_task(questions, out / "task")
+    out = Path(out)
+    data_dir, model_dir = inputs["data"].path, inputs["model"].path
+    align_dir, pretrain_dir = inputs["align"].path, inputs["pretrain"].path
+    with tempfile.TemporaryDirectory(prefix="lifecycle-eval-") as tmp:
+        work = Path(tmp)
+        tm, tasks, samples, outcome, scored = prepare(cfg, data_dir, align_dir, out / "suite", work)
+        (out / "contamination.json").write_text(json.dumps(outcome["report"], indent=2, sort_keys=True))
+        (out / "scored.json").write_text(json.dumps(scored, indent=2, sort_keys=True))
+        models = {CANDIDATE: (align_dir, align_dir)}
+        if cfg.baselines:
+            models["pretrained"] = (pretrain_dir, pretrain_dir)
+            untrained = untrained_model(pretrain_dir, work / "untrained")
+            models["untrained"] = (untrained, untrained)
+        rows = score_models(models, tm, tasks, samples, cfg, out)
 
-    results = run_lm_eval(model_dir, data_file, cfg.batch_size)
-    (out / "report.json").write_text(json.dumps(results, indent=2, sort_keys=True))
-    ppl = validation_perplexity(model_dir, inputs["model"].path, cfg)
+        mem: dict[str, Any] = {}
+        if cfg.memorization_samples or cfg.canaries:
+            tokenizer = AutoTokenizer.from_pretrained(align_dir)
+            for label in ("pretrained", CANDIDATE) if cfg.baselines else (CANDIDATE,):
+                model = AutoModelForCausalLM.from_pretrained(models[label][0], dtype=torch.float32).eval()
+                mem[label] = M.memorization_report(
+                    model,
+                    tokenizer,
+                    model_dir,
+                    pretrain_dir,
+                    data_dir,
+                    samples=cfg.memorization_samples,
+                    prefix_tokens=cfg.memorization_prefix,
+                    suffix_tokens=cfg.memorization_suffix,
+                    canaries=list(cfg.canaries),
+                    seed=cfg.seed,
+                    batch_size=cfg.batch_size,
+                )
+    (out / "memorization.json").write_text(json.dumps(mem, indent=2, sort_keys=True))
+    (out / "results.json").write_text(json.dumps(rows, indent=2, sort_keys=True))
+    (out / "results.md").write_text(S.table_markdown(rows, list(models)) + "\n\n" + C.report_markdown(outcome["reports"]) + "\n")
+    ppl = validation_perplexity(align_dir, model_dir, cfg)
     (out / "perplexity.json").write_text(json.dumps(ppl, indent=2, sort_keys=True))
 
-    mc = mc_metrics(results)
-    chance = 1.0 / cfg.num_choices
-    sink.log_metrics({**{f"eval/{k}": v for k, v in mc.items()}, "eval/val_perplexity": ppl["perplexity"], "eval/chance_acc": chance})
-    sink.log_dict(results.get("results", {}), "eval/lm_eval_results.json")
-    return {
-        "mc_acc": mc["mc_acc"],
-        "mc_acc_norm": mc["mc_acc_norm"],
+    metrics = S.mlflow_metrics(rows)
+    metrics["eval/aligned/val_perplexity"] = ppl["perplexity"]
+    for name, r in outcome["report"]["tasks"].items():
+        metrics[f"contamination/{name}/rate"] = r["rate"]
+    for label, report in mem.items():
+        if report.get("samples"):
+            metrics[f"memorization/{label}/exact_match_rate"] = report["exact_match_rate"]
+            metrics[f"memorization/{label}/token_match_rate"] = report["token_match_rate"]
+    sink.log_metrics(metrics)
+    sink.log_dict({"rows": rows}, "eval/results.json")
+    sink.log_dict(outcome["report"], "eval/contamination.json")
+    sink.log_dict(mem, "eval/memorization.json")
+    sink.log_artifact(out / "results.md", "eval")
+    return summary(rows, cfg, ppl, outcome, mem, scored, guards(cfg, align_dir, outcome))
+
+
+def guards(cfg: EvaluateConfig, align_dir: Path, outcome: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What must hold for the aligned model to be promoted, whatever its score.
+
+    capability: the align phase's perplexity rise stayed within its max_ppl_rise (general
+    capability kept). contamination: the primary task's score is not inflated by items seen
+    in training (under ``clean`` they were not scored; under ``flag`` a contaminated primary
+    task blocks promotion).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    cap = Path(align_dir) / "capability.json"
+    if cap.is_file():
+        c = json.loads(cap.read_text())
+        rise = c["table"][-1]["rise"] if c.get("table") else 0.0
+        out["capability"] = {"ok": rise <= c["max_ppl_rise"], "detail": f"perplexity rise {rise:+.1%} after alignment (max {c['max_ppl_rise']:.0%})"}
+    else:
+        out["capability"] = {"ok": True, "detail": "the align phase recorded no capability check"}
+    task = cfg.primary.split("/", 1)[0]
+    rate = outcome["report"]["tasks"].get(task, {}).get("rate", 0.0)
+    ok = rate == 0.0 or cfg.contamination_policy == "clean"
+    how = "contaminated items not scored" if cfg.contamination_policy == "clean" and rate else "flagged"
+    out["contamination"] = {"ok": ok, "detail": f"{task}: {rate:.1%} of items overlap the training data" + (f" ({how})" if rate else "")}
+    return out
+
+
+def summary(rows, cfg: EvaluateConfig, ppl, outcome, mem, scored, guards) -> dict[str, Any]:
+    primary = S.lookup(rows, CANDIDATE, cfg.primary)
+    base = S.lookup(rows, "untrained", cfg.primary)
+    out = {
+        "primary": cfg.primary,
+        "primary_value": primary["value"] if primary else None,
+        "primary_stderr": primary["stderr"] if primary else None,
+        "untrained_value": base["value"] if base else None,
         "val_perplexity": ppl["perplexity"],
-        "chance_acc": chance,
-        "num_examples": evaluated_count(results, len(questions)),
+        "contaminated_tasks": outcome["contaminated_tasks"],
+        "memorized_rate": mem.get(CANDIDATE, {}).get("exact_match_rate"),
+        "suite": scored["suite"],
+        "tasks": len(scored["tasks"]),
+        "guards": guards,
     }
+    if primary is None:
+        raise_missing_primary(cfg, rows)
+    return out
+
+
+def raise_missing_primary(cfg: EvaluateConfig, rows) -> None:
+    from phases.errors import ConfigError
+
+    have = sorted({f"{r['task']}/{r['metric']}" for r in rows if r["model"] == CANDIDATE})
+    raise ConfigError(f"evaluate.primary={cfg.primary!r} is not among the scored metrics: {have}")

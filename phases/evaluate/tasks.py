@@ -1,26 +1,19 @@
-"""A local multiple-choice task built from the held-out split, in lm-eval's YAML format.
+"""The items of the held-out continuation task (``lm_eval_tasks/lifecycle_heldout_mc.yaml``).
 
 Each question shows ``context_chars`` characters of a validation document; the true answer
 is the next ``continuation_chars`` characters and the distractors are spans of the same
 length from *other* validation documents. A model that learned the corpus should prefer
 the real continuation; chance is ``1 / num_choices``. Nothing here needs lm-eval or a
-model (pure Python + YAML), so the construction is unit-testable.
+model (pure Python), so the construction is unit-testable.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any, Sequence
-
-import yaml
 
 from phases.errors import DataError
 
-TASK_NAME = "lifecycle_heldout_mc"
-DATA_FILE = "mc.jsonl"
-YAML_FILE = f"{TASK_NAME}.yaml"
 _MAX_DRAWS = 50  # tries to find a distractor span that differs from every other choice
 
 
@@ -107,43 +100,3 @@ def build_questions(
             {"id": f"{doc['id']}@{start}", "source": doc.get("source", ""), "question": span[:context_chars], "choices": choices, "label": label}
         )
     return questions
-
-
-def task_config(data_file: str | Path) -> dict[str, Any]:
-    """lm-eval task config for the questions in ``data_file`` (a JSONL path as lm-eval should open it)."""
-    return {
-        "task": TASK_NAME,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        # Field names: lm-eval reads doc[field] when the string is a column of the dataset.
-        "doc_to_text": "question",
-        "doc_to_choice": "choices",
-        "doc_to_target": "label",
-        # The continuation follows the context directly (the default inserts a space).
-        "target_delimiter": "",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
-
-
-def write_task(questions: list[dict[str, Any]], task_dir: Path, data_file: str | Path | None = None) -> tuple[Path, Path]:
-    """Write ``mc.jsonl`` and the task YAML into ``task_dir``; returns both paths.
-
-    ``data_file`` is what the YAML names; by default the relative ``mc.jsonl``, which
-    ``datasets`` resolves against the working directory: run lm-eval from ``task_dir``,
-    or write a copy of the YAML that names the absolute path (as the evaluate phase does).
-    """
-    task_dir = Path(task_dir)
-    task_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = task_dir / DATA_FILE
-    with jsonl.open("w") as f:
-        for q in questions:
-            f.write(json.dumps(q, ensure_ascii=False) + "\n")
-    yaml_path = task_dir / YAML_FILE
-    yaml_path.write_text(yaml.safe_dump(task_config(data_file or DATA_FILE), sort_keys=False, allow_unicode=True))
-    return jsonl, yaml_path

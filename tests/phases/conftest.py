@@ -28,3 +28,9 @@ def toy_pretrain(tmp_path_factory, toy_data):
 def toy_packed(tmp_path_factory, toy_pretrain, toy_data):
     """A model-phase-like directory with packed val.bin for perplexity."""
     return toy_artifacts.make_packed_dir(tmp_path_factory.mktemp("model"), toy_pretrain, toy_data)
+
+
+@pytest.fixture(scope="session")
+def toy_align(tmp_path_factory, toy_data):
+    """An align-phase-like output: toy model, tokenizer, sft_eval.jsonl and a reward_model/."""
+    return toy_artifacts.make_align_dir(tmp_path_factory.mktemp("align"), toy_data)

@@ -1,13 +1,11 @@
-"""The held-out multiple-choice task: construction rules and lm-eval's reading of the YAML."""
+"""The held-out multiple-choice task's construction rules."""
 
-import json
 import random
 
 import pytest
-import yaml
 
 from phases.errors import DataError
-from phases.evaluate.tasks import TASK_NAME, build_questions, task_config, write_task
+from phases.evaluate.tasks import build_questions
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 
@@ -66,38 +64,3 @@ def test_errors_name_the_fix():
         questions([{"id": "a", "text": "x" * 60}])
     with pytest.raises(DataError, match="at least 2 validation documents"):
         questions(make_docs(1))
-
-
-def test_written_task_files(tmp_path):
-    qs = questions(make_docs(5), num_examples=6)
-    jsonl, yaml_path = write_task(qs, tmp_path)
-    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == qs
-    cfg = yaml.safe_load(yaml_path.read_text())
-    assert cfg == task_config("mc.jsonl")
-    assert cfg["task"] == TASK_NAME and cfg["output_type"] == "multiple_choice" and cfg["target_delimiter"] == ""
-    assert [m["metric"] for m in cfg["metric_list"]] == ["acc", "acc_norm"]
-
-
-def load_lm_eval_task(include_path):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=str(include_path), include_defaults=False).load([TASK_NAME])["tasks"][TASK_NAME]
-
-
-def test_lm_eval_loads_the_yaml_with_absolute_path(tmp_path):
-    qs = questions(make_docs(5), num_examples=6, num_choices=3)
-    jsonl, _ = write_task(qs, tmp_path / "task", data_file=(tmp_path / "task" / "mc.jsonl").resolve())
-    task = load_lm_eval_task(tmp_path / "task")
-    docs = list(task.test_docs())
-    assert len(docs) == 6
-    for doc, q in zip(docs, qs):
-        assert task.doc_to_text(doc) == q["question"]
-        assert task.doc_to_choice(doc) == q["choices"]
-        assert task.doc_to_target(doc) == q["label"]
-
-
-def test_published_relative_yaml_works_from_the_task_folder(tmp_path, monkeypatch):
-    qs = questions(make_docs(5), num_examples=5)
-    write_task(qs, tmp_path / "task")
-    monkeypatch.chdir(tmp_path / "task")
-    assert len(list(load_lm_eval_task(".").test_docs())) == 5
