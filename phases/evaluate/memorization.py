@@ -90,6 +90,11 @@ def _rates(matches: np.ndarray) -> dict[str, float]:
     return {"exact_match_rate": float(matches.all(axis=1).mean()), "token_match_rate": float(matches.mean())}
 
 
+def _base_id(doc_id: str) -> str:
+    base, sep, copy = doc_id.rpartition("#")
+    return base if sep and copy.isdigit() else doc_id
+
+
 def probe(
     model,
     train_rows: np.ndarray,
@@ -125,7 +130,8 @@ def probe(
     ends = docs_table.column("start").to_numpy() + docs_table.column("length").to_numpy()
     ids, sources = docs_table.column("id").to_pylist(), docs_table.column("source").to_pylist()
     doc_of = np.searchsorted(ends, rows * seq_len, side="right")  # the document holding the row's first token
-    dups = np.array([dup_counts.get(ids[d], 1) if d < len(ids) else 1 for d in doc_of])
+    # A mixed-in copy ("<id>#<n>", the data phase's upsampling) counts as its original document.
+    dups = np.array([dup_counts.get(_base_id(ids[d]), 1) if d < len(ids) else 1 for d in doc_of])
     chosen = _choose(rows, dups > 1, samples, seed)
     where = np.searchsorted(rows, chosen)
     windows = np.asarray(train_rows[chosen, : prefix_tokens + suffix_tokens], dtype=np.int64)
