@@ -231,6 +231,9 @@ def _evaluate(args) -> int:
     from flows.env import configure
 
     configure()
+    from phases.inference.resolve import resolve
+
+    resolve(args.model)  # a missing directory, registered model or alias fails here, before Prefect starts
     from flows.evaluate_model import evaluate_model
 
     result = evaluate_model(model=args.model, config=args.config, overrides=args.overrides, label=args.label)

@@ -79,9 +79,17 @@ def _log_parent_headlines(mlf, parent: str, results: dict) -> None:
 
 
 def _needed(selected: list[str]):
-    """The phases up to the last selected one: the rest are not needed by this run."""
-    last = max(i for i, spec in enumerate(PHASES) if spec.name in selected)
-    return PHASES[: last + 1]
+    """The selected phases and, transitively, the phases they read (in pipeline order): a phase
+    nothing selected depends on is skipped (``--phases align,evaluate`` skips inference)."""
+    by_name = {spec.name: spec for spec in PHASES}
+    needed, todo = set(), list(selected)
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        todo.extend(by_name[name].inputs)
+    return [spec for spec in PHASES if spec.name in needed]
 
 
 def plan(cfg, home: Path, selected: list[str]) -> list[dict]:

@@ -94,7 +94,7 @@ def test_first_run_traces_six_finished_phases(home, mlflow_client):
     assert any(k.startswith("fertility/") for k in by_phase["model"].data.metrics)
     # Every phase after data consumes its upstream outputs as MLflow datasets with digests.
     digests = {d.dataset.name: d.dataset.digest for d in by_phase["evaluate"].inputs.dataset_inputs}
-    assert len(digests) == 3 and all(digests.values())
+    assert len(digests) == 4 and all(digests.values())
 
 
 def test_the_aligned_model_is_registered_as_challenger(home, mlflow_client):
@@ -108,6 +108,42 @@ def test_the_aligned_model_is_registered_as_challenger(home, mlflow_client):
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     pipe = mlflow.transformers.load_model("models:/llm-lifecycle-tiny@challenger")
     assert pipe("def read", max_new_tokens=3, do_sample=False)[0]["generated_text"].startswith("def read")
+
+
+def _evaluate_run(mlflow_client, parent_index=0):
+    parents, children = parents_and_children(mlflow_client)
+    return next(r for r in children[parents[parent_index].info.run_id] if r.data.tags["lifecycle.phase"] == "evaluate")
+
+
+def test_evaluation_shows_the_evidence(home, mlflow_client):
+    """Scores with stderr for the model and its baselines, perplexity per source, the
+    memorization and contamination reports, and the first model evaluated as champion."""
+    import math
+
+    run = _evaluate_run(mlflow_client)
+    m = run.data.metrics
+    for model in ("aligned", "pretrained", "untrained"):
+        for task in ("lifecycle_heldout_mc", "lifecycle_instruct_mc"):
+            assert f"eval/{model}/{task}/acc" in m and f"eval/{model}/{task}/acc_stderr" in m
+        assert f"eval/{model}/lifecycle_instruct_gen/exact_match" in m
+        assert {f"eval/{model}/lifecycle_ppl_{s}/bits_per_byte" for s in ("code", "docs", "licenses")} <= set(m)
+    assert "memorization/aligned/exact_match_rate" in m and "contamination/lifecycle_heldout_mc/rate" in m
+    arts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/results.json", "eval/results.md", "eval/contamination.json", "eval/memorization.json"} <= arts
+    # The trained model beats its untrained initialisation on the primary task by more than the stderr.
+    key = "eval/{}/lifecycle_heldout_mc/acc"
+    gap = m[key.format("aligned")] - m[key.format("untrained")]
+    assert gap > m[key.format("aligned") + "_stderr"], (m[key.format("aligned")], m[key.format("untrained")])
+    # The tiny preset trains enough: validation loss at least 40% below ln(vocabulary size).
+    pretrain = next((home / "outputs" / "pretrain").iterdir())
+    val_loss = json.loads((pretrain / "summary.json").read_text())["val_loss"]
+    assert val_loss <= 0.6 * math.log(4096), val_loss
+    # First model ever evaluated: champion, with the decision recorded on the version and the run.
+    champion = mlflow_client.get_model_version_by_alias("llm-lifecycle-tiny", "champion")
+    assert champion.tags["lifecycle.promotion.outcome"] == "first_champion"
+    assert champion.tags["lifecycle.promotion.evaluate_run_id"] == run.info.run_id
+    assert run.data.tags["lifecycle.promotion.outcome"] == "first_champion"
+    assert "promotion.json" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
 
 
 def test_pretraining_loss_falls(home, mlflow_client):
@@ -149,3 +185,19 @@ def test_rerun_reuses_every_phase_then_subset_recomputes_only_what_changed(home,
         if line.startswith("  ") and line.split()[:1] and line.split()[0] in PHASES
     }
     assert lines == {"data": "reused", "model": "reused", "pretrain": "reused", "align": "reused", "inference": "ran"}
+
+
+def test_a_changed_alignment_gives_a_challenger_and_a_recorded_decision(home, mlflow_client):
+    """Nightly with another alignment setting: a new version, evaluated against the champion."""
+    before = mlflow_client.get_model_version_by_alias("llm-lifecycle-tiny", "champion").version
+    r = run_cli(home, "--phases", "align,evaluate", "--set", "align.dpo_beta=0.2")
+    assert r.returncode == 0
+    new = mlflow_client.get_model_version_by_alias("llm-lifecycle-tiny", "challenger")
+    assert int(new.version) == int(before) + 1
+    outcome = new.tags["lifecycle.promotion.outcome"]
+    assert outcome in ("promoted", "kept_champion", "blocked")
+    assert new.tags["lifecycle.promotion.champion_version"] == str(before)
+    champion = mlflow_client.get_model_version_by_alias("llm-lifecycle-tiny", "champion").version
+    assert str(champion) == (str(new.version) if outcome == "promoted" else str(before))
+    ran = {line.split()[0] for line in r.stdout.splitlines() if line.startswith("  ") and line.split()[:1] and line.split()[0] in PHASES}
+    assert ran == {"data", "model", "pretrain", "align", "evaluate"}  # inference: not read by evaluate, skipped

@@ -86,10 +86,6 @@ def prepare(cfg: EvaluateConfig, data_dir: Path, align_dir: Path, suite_dir: Pat
     names = info["tasks"]
     tm = S.task_manager([S.runnable(suite_dir, work / "suite"), *cfg.task_dirs])
     tasks = S.load_tasks(tm, names)
-    if cfg.primary.split("/", 1)[0] not in tasks:  # before any model is loaded
-        from phases.errors import ConfigError
-
-        raise ConfigError(f"evaluate.primary={cfg.primary!r}: task {cfg.primary.split('/', 1)[0]!r} is not in the suite {sorted(tasks)}")
     t0 = time.monotonic()
     reports = C.scan(S.items(tasks), (text for _, text in C.training_texts(data_dir, align_dir)), n=cfg.contamination_ngram)
     outcome = C.apply_policy(reports, cfg.contamination_policy)  # raises under "fail"
@@ -132,6 +128,10 @@ def build(cfg: EvaluateConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: 
     with tempfile.TemporaryDirectory(prefix="lifecycle-eval-") as tmp:
         work = Path(tmp)
         tm, tasks, samples, outcome, scored = prepare(cfg, data_dir, align_dir, out / "suite", work)
+        if cfg.primary.split("/", 1)[0] not in tasks:  # before any model is loaded
+            from phases.errors import ConfigError
+
+            raise ConfigError(f"evaluate.primary={cfg.primary!r}: task {cfg.primary.split('/', 1)[0]!r} is not in the suite {sorted(tasks)}")
         (out / "contamination.json").write_text(json.dumps(outcome["report"], indent=2, sort_keys=True))
         (out / "scored.json").write_text(json.dumps(scored, indent=2, sort_keys=True))
         models = {CANDIDATE: (align_dir, align_dir)}

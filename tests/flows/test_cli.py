@@ -60,6 +60,14 @@ def test_dry_run_of_a_subset_skips_later_phases(tmp_path, monkeypatch, capsys):
     assert "pretrain   skip" in out and "data       run" in out
 
 
+def test_dry_run_skips_phases_no_selected_one_reads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
+    assert main(["run", "--dry-run", "--phases", "align,evaluate"]) == 0
+    actions = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if "key=" in line}
+    # evaluate reads align, pretrain, data and model, not inference: inference is not needed.
+    assert actions == {"data": "missing", "model": "missing", "pretrain": "missing", "align": "run", "inference": "skip", "evaluate": "run"}
+
+
 def test_dry_run_shows_what_a_budget_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
     assert main(["run", "--dry-run", "--set", "model.budget_flops=8e9", "--set", "model.vocab_size=400", "--set", "model.seq_len=32"]) == 0
@@ -67,3 +75,16 @@ def test_dry_run_shows_what_a_budget_trains(tmp_path, monkeypatch, capsys):
     # The tiny preset's batch: 16 sequences of 32 tokens a step; D = 8e9 / (6 N).
     assert "N=132,416 parameters" in line and "D=10,069 tokens" in line
     assert f"pretrain trains {-(-10_069 // (16 * 32))} steps" in line and "pretrain.max_steps=150" in line
+
+
+def test_evaluate_names_a_model_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """lifecycle evaluate resolves --model before Prefect starts or anything is built."""
+    monkeypatch.setenv("LIFECYCLE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["evaluate", "--model", "models:/nope@champion"]) == 2
+    assert "no registered model named 'nope'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "models:/bad/uri/x"]) == 2
+    assert "malformed" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "evaluations").exists()
