@@ -11,12 +11,23 @@ from prefect.runtime import flow_run
 
 from flows.env import configure
 from phases.config import PHASE_NAMES, load_config
+from phases.errors import LifecycleError
 from phases.refs import PhaseRef
 from phases.registry import PHASES, finished_output, sources_ref
-from tasks import lineage
+from tasks import crash, lineage
 from tasks.phases import TASKS, LineageContext
 
 PhaseName = Literal[PHASE_NAMES]
+
+
+class PhaseFailed(LifecycleError):
+    """The flow's failure names the phase and its reason (the flow run's state message shows it)."""
+
+    def __init__(self, phase: str, state) -> None:
+        error = state.result(raise_on_failure=False)
+        why = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else (state.message or state.name)
+        super().__init__(f"phase {phase} failed: {why}")
+        self.phase, self.error = phase, error
 
 
 @flow(name="llm-lifecycle", log_prints=True, persist_result=False)
@@ -32,7 +43,8 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     selected = list(phases or PHASE_NAMES)
     mlf = lineage.client(home)
     exp_id = lineage.experiment_id(mlf, cfg.experiment, home)
-    tags = lineage.base_tags(cfg, str(flow_run.id) if flow_run.id else None, lineage.git_commit())
+    tags = {**lineage.base_tags(cfg, str(flow_run.id) if flow_run.id else None, lineage.git_commit()), **crash.owner_tags()}
+    crash.close_orphans(mlf, exp_id)  # runs a killed earlier run left RUNNING
     parent = lineage.start_parent(mlf, exp_id, cfg, tags, selected)
     ctx = LineageContext(home=str(home), experiment_id=exp_id, parent_run_id=parent, tags=tags)
     logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.tracking_uri(home))
@@ -50,6 +62,8 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
             section = cfg.section(spec.name)
             # Phases before the selected ones are only reused: they fail if never finished.
             state = TASKS[spec.name](section, inputs, spec.key(section, inputs), ctx, reuse_only=spec.name not in selected, return_state=True)
+            if state.is_failed() or state.is_crashed():
+                raise PhaseFailed(spec.name, state)
             ref, reused = state.result()
             refs[spec.name] = ref
             results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}
