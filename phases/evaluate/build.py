@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from phases.config import EvaluateConfig
+from phases.errors import DataError
 from phases.evaluate import suite as S
 from phases.evaluate.perplexity import perplexity, read_packed
 from phases.metrics import MetricsSink
@@ -91,10 +92,21 @@ def prepare(cfg: EvaluateConfig, data_dir: Path, align_dir: Path, suite_dir: Pat
     outcome = C.apply_policy(reports, cfg.contamination_policy)  # raises under "fail"
     outcome["reports"] = reports
     log.info("evaluate: contamination check of %d tasks in %.1f s: %s", len(tasks), time.monotonic() - t0, outcome["summary"])
+    for name in outcome["unscored"]:  # every item contaminated: nothing to score under "clean"
+        log.warning("evaluate: %s not scored: every item overlaps the training data", name)
+        tasks.pop(name)
+    if not tasks:
+        raise DataError("contamination_policy=clean leaves no task with a clean item: add tasks or use contamination_policy=flag")
     samples = S.all_samples(tasks, None)
     samples.update(outcome.get("samples") or {})
     samples = {k: v[: cfg.limit] for k, v in samples.items()}
-    scored = {"tasks": list(tasks), "samples": samples, "suite": S.fingerprint(suite_dir, cfg.task_dirs), "policy": cfg.contamination_policy}
+    scored = {
+        "tasks": list(tasks),
+        "samples": samples,
+        "unscored": outcome["unscored"],
+        "suite": S.fingerprint(suite_dir, cfg.task_dirs),
+        "policy": cfg.contamination_policy,
+    }
     return tm, tasks, samples, outcome, scored
 
 

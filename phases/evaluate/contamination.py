@@ -207,7 +207,9 @@ def apply_policy(reports: Mapping[str, TaskReport], policy: str, tasks: Iterable
     ``None`` (evaluate everything) unless the policy is ``clean`` and some task is contaminated;
     then ``{task: sorted clean doc indices}`` for the contaminated tasks only, as lm-eval's
     ``simple_evaluate(samples=...)`` takes (tasks missing from it are evaluated in full).
-    ``report`` is JSON-safe, for ``contamination.json``.
+    ``report`` is JSON-safe, for ``contamination.json``. Under ``clean``, a task left with no
+    clean item is listed in ``unscored`` (and left out of ``samples``): the caller drops it from
+    scoring, since lm-eval reads an empty selection as "every item".
     """
     if policy not in POLICIES:
         raise ConfigError(f"evaluate.contamination_policy={policy!r} is not one of {', '.join(POLICIES)}")
@@ -219,6 +221,7 @@ def apply_policy(reports: Mapping[str, TaskReport], policy: str, tasks: Iterable
     summary = f"{len(bad)} of {len(names)} tasks contaminated" + (": " + "; ".join(_describe(reports[t]) for t in bad) if bad else "")
     report = {"policy": policy, "contaminated_tasks": bad, "tasks": {t: reports[t].to_dict() for t in names}}
     samples: dict[str, list[int]] | None = None
+    unscored: list[str] = []
     if bad and policy == "fail":
         raise ContaminationError(
             f"benchmark contamination: {summary}. Set evaluate.contamination_policy=clean to evaluate only the clean items, "
@@ -227,11 +230,12 @@ def apply_policy(reports: Mapping[str, TaskReport], policy: str, tasks: Iterable
         )
     if bad and policy == "clean":
         samples = {t: reports[t].clean_indices() for t in bad}
-        empty = [t for t, idx in samples.items() if not idx]
-        if empty:  # lm-eval reads an empty list as "no selection" and would evaluate every doc
-            raise DataError(f"contamination_policy=clean leaves no clean item in {empty}: drop them from evaluate.tasks or use policy flag")
-        report["samples"] = samples
-    return {"policy": policy, "contaminated_tasks": bad, "samples": samples, "summary": summary, "report": report}
+        unscored = sorted(t for t, idx in samples.items() if not idx)
+        samples = {t: idx for t, idx in samples.items() if idx}
+        if unscored:
+            summary += f"; not scored (no clean item): {', '.join(unscored)}"
+        report["samples"], report["unscored"] = samples, unscored
+    return {"policy": policy, "contaminated_tasks": bad, "samples": samples, "summary": summary, "report": report, "unscored": unscored}
 
 
 def report_markdown(reports: Mapping[str, TaskReport]) -> str:

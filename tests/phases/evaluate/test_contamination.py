@@ -80,10 +80,12 @@ def test_clean_policy_returns_exactly_the_clean_indices():
     assert apply_policy(reports, "clean", tasks=["other"])["samples"] is None
 
 
-def test_clean_policy_refuses_a_task_left_with_no_clean_item():
+def test_clean_policy_leaves_out_a_task_with_no_clean_item():
     reports = planted_scan(n_items=2, planted=(0, 1))
-    with pytest.raises(DataError, match=r"no clean item in \[.bench.\].*policy flag"):
-        apply_policy(reports, "clean")
+    outcome = apply_policy(reports, "clean")
+    # Not an empty selection: lm-eval would read [] as "every item".
+    assert outcome["unscored"] == ["bench"] and "bench" not in outcome["samples"]
+    assert outcome["report"]["unscored"] == ["bench"] and "not scored (no clean item): bench" in outcome["summary"]
 
 
 def test_fail_policy_raises_naming_each_contaminated_task():

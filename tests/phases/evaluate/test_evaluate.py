@@ -131,29 +131,33 @@ def test_metrics_logged_with_mlflow_names(evaluated):
 
 
 def test_clean_policy_scores_only_clean_items(tmp_path_factory, toy_data, toy_align, toy_pretrain, toy_packed):
-    """Validation items planted in the training split are contaminated; under `clean` they are not scored."""
+    """Validation items planted in the training split are contaminated: under `clean` they are not
+    scored, a task with no clean item is left out; under `fail` the run fails naming the task."""
     from phases.data.io import read_split
     from phases.errors import DataError
 
     root = tmp_path_factory.mktemp("planted")
     train, val = read_split(toy_data, "train"), read_split(toy_data, "validation")
-    planted = toy_artifacts.make_data_dir(root / "data", {"train": train + val[:1], "validation": val})
+    code = next(d for d in val if d["source"] == "code")
+    docs = [d for d in val if d["source"] == "docs"]  # every docs item planted
+    planted = toy_artifacts.make_data_dir(root / "data", {"train": train + [code] + docs, "validation": val})
     cfg = CFG.model_copy(
         update={
             "tasks": ("lifecycle_ppl",),
             "perplexity_docs": 4,
             "contamination_policy": "clean",
             "baselines": False,
-            "primary": "lifecycle_ppl_docs/bits_per_byte",
+            "primary": "lifecycle_ppl_code/bits_per_byte",
         }
     )
     inputs = {k: toy_artifacts.ref(k, p) for k, p in (("align", toy_align), ("pretrain", toy_pretrain), ("data", planted), ("model", toy_packed))}
     summary = build(cfg, inputs, root / "out", ListSink())
     scored = json.loads((root / "out" / "scored.json").read_text())
     report = json.loads((root / "out" / "contamination.json").read_text())
-    src = val[0]["source"]
-    task = f"lifecycle_ppl_{src}"
-    assert report["tasks"][task]["contaminated"] >= 1 and task in summary["contaminated_tasks"]
-    assert set(scored["samples"][task]).isdisjoint(report["tasks"][task]["contaminated_indices"])
-    with pytest.raises(DataError, match=task):
+    assert report["tasks"]["lifecycle_ppl_code"]["contaminated"] >= 1 and "lifecycle_ppl_code" in summary["contaminated_tasks"]
+    assert set(scored["samples"]["lifecycle_ppl_code"]).isdisjoint(report["tasks"]["lifecycle_ppl_code"]["contaminated_indices"])
+    assert scored["unscored"] == ["lifecycle_ppl_docs"] and scored["tasks"] == ["lifecycle_ppl_code"]
+    rows = json.loads((root / "out" / "results.json").read_text())
+    assert {r["task"] for r in rows} == {"lifecycle_ppl_code"}
+    with pytest.raises(DataError, match="lifecycle_ppl_code"):
         build(cfg.model_copy(update={"contamination_policy": "fail"}), inputs, root / "out-fail", ListSink())
