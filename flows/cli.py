@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from flows import dedup_command, inference_commands
+from flows import dedup_command, deploy, inference_commands, lineage_command
 from phases.config import PHASE_NAMES, load_config
 from phases.errors import LifecycleError
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. pretrain.max_steps=20 (repeatable)"
     )
     run.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASE_NAMES)}; the others' finished outputs are reused")
+    run.add_argument("--force", action="store_true", help="rebuild the selected phases even if their output for this config is finished")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and what each phase would do, then exit")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -66,10 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", default="model", help="name of the model in the metrics (eval/LABEL/TASK/METRIC)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    ln = sub.add_parser("lineage", help="which documents a pretrained model (or its first N steps) trained on")
-    ln.add_argument("pretrain_dir", help="a pretraining output directory (.lifecycle/outputs/pretrain/<key>)")
-    ln.add_argument("--step", type=int, help="only the first STEP optimizer steps (default: all)")
-    ln.add_argument("--output", help="write the document table (id, source, rows) to this Parquet file")
+    lineage_command.add_parser(sub)
+    deploy.add_parser(sub)
 
     pl = sub.add_parser("plan", help="size a model and a training run for a compute budget")
     budget = pl.add_mutually_exclusive_group(required=True)
@@ -86,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dry_run(cfg, selected: list[str]) -> int:
+def _dry_run(cfg, selected: list[str], force: bool = False) -> int:
     import yaml
 
     from flows.env import configure
@@ -99,6 +98,8 @@ def _dry_run(cfg, selected: list[str]) -> int:
     if budget:
         print(budget)
     for row in plan(cfg, home, selected):
+        if force and row["action"] == "reuse" and row["phase"] in selected:
+            row["action"] = "rebuild"
         print(f"{row['phase']:<10} {row['action']:<8} key={row['key']}" + (f"  {row['uri']}" if row.get("uri") else ""))
     return 0
 
@@ -185,26 +186,16 @@ def _sweep(args) -> int:
     return 0
 
 
-def _lineage(args) -> int:
-    from phases.pretrain.seen import documents_seen
-
-    table, info = documents_seen(Path(args.pretrain_dir), args.step)
-    if args.output:
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, args.output)
-    print(json.dumps(info, indent=2))
-    return 0
-
-
 def _schedule(args) -> int:
-    load_config(args.config, args.overrides)  # fail now, not at 2 am
+    cfg = load_config(args.config, args.overrides)  # fail now, not at 2 am
     from flows.env import configure
 
     configure()
+    from flows.parameters import as_mapping
     from flows.pipeline import lifecycle_pipeline
 
-    lifecycle_pipeline.serve(name=args.name, cron=args.cron, parameters={"config": args.config, "overrides": args.overrides})
+    overrides = as_mapping(args.overrides, cfg.to_dict())  # the key/value form the deployment's schema takes
+    lifecycle_pipeline.serve(name=args.name, cron=args.cron, parameters={"config": args.config, "overrides": overrides})
     return 0
 
 
@@ -212,13 +203,13 @@ def _run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     selected = _phases(args.phases)
     if args.dry_run:
-        return _dry_run(cfg, selected)
+        return _dry_run(cfg, selected, args.force)
     from flows.env import configure
 
     configure()
     from flows.pipeline import lifecycle_pipeline
 
-    result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected)
+    result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected, force=args.force)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -274,7 +265,8 @@ COMMANDS = {
     "schedule": _schedule,
     "sweep": _sweep,
     "dedup": dedup_command.run,
-    "lineage": _lineage,
+    "lineage": lineage_command.run,
+    "deploy": deploy.run,
     "evaluate": _evaluate,
     "plan": _plan,
     "up": _up,

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.env import configure
+from flows.parameters import ConfigChoice, Overrides, PhaseName, assignments
 from phases.config import PHASE_NAMES, load_config
 from phases.errors import LifecycleError
 from phases.refs import PhaseRef
 from phases.registry import PHASES, finished_output, sources_ref
+from phases.storage import MANIFEST, is_complete, output_dir
 from tasks import crash, lineage
 from tasks.phases import TASKS, LineageContext
 
-PhaseName = Literal[PHASE_NAMES]
+__all__ = ["PhaseFailed", "PhaseName", "lifecycle_pipeline", "plan", "rebuilding"]
 
 
 class PhaseFailed(LifecycleError):
@@ -31,16 +34,24 @@ class PhaseFailed(LifecycleError):
 
 
 @flow(name="llm-lifecycle", log_prints=True, persist_result=False)
-def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None, phases: list[PhaseName] | None = None) -> dict:
+def lifecycle_pipeline(
+    config: ConfigChoice = "tiny",
+    overrides: Overrides = {},  # noqa: B006 (never mutated; the UI form needs an object as the default)
+    phases: list[PhaseName] = PHASE_NAMES,
+    force: bool = False,
+) -> dict:
     """Run the selected phases (default: all six), reusing finished outputs of the others.
 
-    ``config`` is a preset name in infra/configs or a YAML path; ``overrides`` are dotted
-    assignments such as ``pretrain.max_steps=20``.
+    Args:
+        config: A preset of infra/configs (tiny is the embedded CPU default) or the path of a YAML file on the worker, which may say `base: tiny` and override only what differs.
+        overrides: Settings that replace the config's, by dotted key, typed by the config schema: `{"pretrain.max_steps": 20}`; list items by index: `{"data.sources.0.max_docs": 50}`.
+        phases: The phases to run. Earlier phases' finished outputs are reused (the run fails, naming the phase, if one was never finished); phases nothing selected reads are skipped.
+        force: Rebuild the selected phases even when their output for this config is finished. The old output stays in place until the new one is published over it, and comes back if the rebuild fails.
     """
     logger = get_run_logger()
     home = configure()
-    cfg = load_config(config, overrides or [])
-    selected = list(phases or PHASE_NAMES)
+    cfg = load_config(config, assignments(overrides))
+    selected = [p for p in PHASE_NAMES if p in (phases or PHASE_NAMES)]
     mlf = lineage.client(home)
     exp_id = lineage.experiment_id(mlf, cfg.experiment, home)
     tags = {**lineage.base_tags(cfg, str(flow_run.id) if flow_run.id else None, lineage.git_commit()), **crash.owner_tags()}
@@ -60,11 +71,13 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
         for spec in _needed(selected):
             inputs = {n: refs[n] for n in spec.inputs}
             section = cfg.section(spec.name)
-            # Phases before the selected ones are only reused: they fail if never finished.
-            state = TASKS[spec.name](section, inputs, spec.key(section, inputs), ctx, reuse_only=spec.name not in selected, return_state=True)
-            if state.is_failed() or state.is_crashed():
-                raise PhaseFailed(spec.name, state)
-            ref, reused = state.result()
+            key = spec.key(section, inputs)
+            with rebuilding(home, spec.name, key) if force and spec.name in selected else contextlib.nullcontext():
+                # Phases before the selected ones are only reused: they fail if never finished.
+                state = TASKS[spec.name](section, inputs, key, ctx, reuse_only=spec.name not in selected, return_state=True)
+                if state.is_failed() or state.is_crashed():
+                    raise PhaseFailed(spec.name, state)
+                ref, reused = state.result()
             refs[spec.name] = ref
             results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}
             logger.info("%s: %s %s", spec.name, "reused" if reused else "done", results[spec.name]["headline"])
@@ -74,6 +87,28 @@ def lifecycle_pipeline(config: str = "tiny", overrides: list[str] | None = None,
     _log_parent_headlines(mlf, parent, results)
     mlf.set_terminated(parent, "FINISHED")
     return {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": lineage.tracking_uri(home), "home": str(home), "phases": results}
+
+
+@contextlib.contextmanager
+def rebuilding(home: Path, phase: str, key: str):
+    """``force``: set a finished output's manifest aside, so that the phase builds it again.
+
+    A directory without a manifest is not done (phases.storage): the phase's task builds a new
+    one in a staging directory under the output's lock and publishes it over the old one, whose
+    files stay readable until then. If the rebuild fails, the manifest comes back and the old
+    output is whole again. A run that reaches the output in between waits on the lock and reuses
+    the new output.
+    """
+    final = output_dir(home, phase, key)
+    aside = final / f".{MANIFEST}.forced"  # hidden: left out of the directory's digests
+    if is_complete(final):
+        os.replace(final / MANIFEST, aside)
+    try:
+        yield
+    except BaseException:
+        if aside.is_file() and not is_complete(final):
+            os.replace(aside, final / MANIFEST)
+        raise
 
 
 def _log_parent_headlines(mlf, parent: str, results: dict) -> None:

@@ -21,6 +21,9 @@ from phases.storage import MANIFEST
 
 TAG_PHASE = "lifecycle.phase"
 TAG_FLOW_RUN = "lifecycle.prefect_flow_run_id"
+TAG_FLOW_RUN_URL = "lifecycle.prefect_flow_run_url"
+TAG_DEPLOYMENT = "lifecycle.prefect_deployment"
+TAG_LOCK_DIGEST = "lifecycle.lock_digest"
 TAG_CONFIG_HASH = "lifecycle.config_hash"
 TAG_REUSED = "lifecycle.reused"
 TAG_SOURCE_RUN = "lifecycle.source_run_id"
@@ -72,16 +75,47 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
-def base_tags(cfg: LifecycleConfig, flow_run_id: str | None, commit: str) -> dict[str, str]:
+LOCK_FILE = Path(__file__).resolve().parents[1] / "constraints.txt"
+
+
+def lock_digest(path: Path = LOCK_FILE) -> str:
+    """sha256 of the lock file the install used (compare with ``sha256sum constraints.txt``); ``none`` without one."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "none"
+
+
+def deployment_name() -> str | None:
+    """The Prefect deployment this flow run belongs to (None for a run started from the CLI or Python)."""
+    try:
+        from prefect.runtime import deployment
+
+        return deployment.name
+    except Exception:  # no API to ask: the run is not a deployment's
+        return None
+
+
+def base_tags(cfg: LifecycleConfig, flow_run_id: str | None, commit: str, deployment: str | None = None) -> dict[str, str]:
+    """The tags every run of one pipeline run carries (parent, phases, registered model version).
+
+    ``deployment`` defaults to the deployment of the current flow run, when it has one.
+    """
     from prefect.settings import PREFECT_UI_URL
 
     ui = PREFECT_UI_URL.value()
+    if deployment is None and flow_run_id:
+        deployment = deployment_name()
     return {
         TAG_FLOW_RUN: flow_run_id or "none",
-        **({"lifecycle.prefect_flow_run_url": f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"} if ui and flow_run_id else {}),
+        **({TAG_FLOW_RUN_URL: f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"} if ui and flow_run_id else {}),
+        TAG_DEPLOYMENT: deployment or "none",
         TAG_CONFIG_HASH: cfg.digest(),
         "lifecycle.preset": cfg.name,
         "mlflow.source.git.commit": commit,
+        TAG_LOCK_DIGEST: lock_digest(),
     }
 
 
