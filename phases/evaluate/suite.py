@@ -276,9 +276,16 @@ def _short(e: BaseException) -> str:
 
 def score(model_dir: Path, tokenizer_dir: Path, tm, names: Sequence[str], cfg: EvaluateConfig, samples: Mapping[str, list[int]]) -> dict[str, Any]:
     """lm-eval's results (JSON-safe, without per-sample logs) for one model on the given tasks."""
+    import os
+
     import lm_eval
     import torch
     from lm_eval.utils import handle_non_serializable
+
+    # lm-eval bootstraps stderrs (chrf, perplexities) in a multiprocessing pool forked from this
+    # process: forked from a multi-threaded Prefect worker it deadlocked (seen 2026-12-01, the
+    # pool's child stuck on a lock). Its own switch runs the same resampling in-process.
+    os.environ["DISABLE_MULTIPROC"] = "1"
 
     results = lm_eval.simple_evaluate(
         model="hf",
