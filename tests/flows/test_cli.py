@@ -74,7 +74,7 @@ def test_dry_run_shows_what_a_budget_trains(tmp_path, monkeypatch, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("# budget"))
     # The tiny preset's batch: 16 sequences of 32 tokens a step; D = 8e9 / (6 N).
     assert "N=132,416 parameters" in line and "D=10,069 tokens" in line
-    assert f"pretrain trains {-(-10_069 // (16 * 32))} steps" in line and "pretrain.max_steps=150" in line
+    assert f"pretrain trains {-(-10_069 // (16 * 32))} steps" in line and "pretrain.max_steps=800" in line
 
 
 def test_evaluate_names_a_model_that_does_not_exist(tmp_path, monkeypatch, capsys):
