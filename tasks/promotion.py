@@ -47,17 +47,23 @@ def champion_of(client, name: str):
 
 
 def record_scores(client, name: str, version: str, rows, suite: str) -> None:
-    """A version's scores on one suite, as tags (``lifecycle.eval.<task>/<metric>``)."""
+    """A version's scores on one suite, as tags: ``lifecycle.eval.suite.<suite>`` holds them as JSON
+    (one tag per suite, so re-scoring on another suite keeps this one's), and the latest suite's are
+    also readable one per tag (``lifecycle.eval.<task>/<metric>``, ``lifecycle.eval.suite``)."""
+    scores = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
+    client.set_model_version_tag(name, version, f"{SUITE_TAG}.{suite}", json.dumps(scores, sort_keys=True)[:5000])
     client.set_model_version_tag(name, version, SUITE_TAG, suite)
-    for r in rows:
-        client.set_model_version_tag(name, version, f"lifecycle.eval.{r['task']}/{r['metric']}", repr(r["value"]))
+    for key, value in scores.items():
+        client.set_model_version_tag(name, version, f"lifecycle.eval.{key}", repr(value))
 
 
 def recorded_score(version, suite: str, primary: str) -> float | None:
-    tags = version.tags or {}
-    if tags.get(SUITE_TAG) != suite or f"lifecycle.eval.{primary}" not in tags:
+    """The version's ``primary`` score measured on ``suite``, if it was."""
+    raw = (version.tags or {}).get(f"{SUITE_TAG}.{suite}")
+    if raw is None:
         return None
-    return float(tags[f"lifecycle.eval.{primary}"])
+    value = json.loads(raw).get(primary)
+    return None if value is None else float(value)
 
 
 def score_version(client, name: str, version: str, evaluate_dir: Path, cfg: EvaluateConfig) -> list[dict[str, Any]]:

@@ -113,6 +113,22 @@ def test_margin_and_guards(registry):
     assert (d["outcome"], _champion(client)) == ("promoted", v4)
 
 
+def test_scores_on_another_suite_do_not_hide_this_suites(registry):
+    """`lifecycle evaluate` on another suite (say a standard task) must not make the gate re-score
+    the champion on this one: each suite's scores are kept."""
+    client, exp, root = registry
+    align1, v1 = _aligned(client, exp, root, 1)
+    promotion.promote(EvaluateConfig(primary="t/acc"), *_evaluated(client, exp, root, 1, align1, 0.5), client)
+    other = [{"task": "arc_easy_local", "metric": "acc", "value": 0.25}]
+    promotion.record_scores(client, NAME, v1, other, "ARC")
+    champion = client.get_model_version(NAME, v1)
+    assert promotion.recorded_score(champion, "S1", "t/acc") == 0.5 and promotion.recorded_score(champion, "ARC", "arc_easy_local/acc") == 0.25
+    assert promotion.recorded_score(champion, "S2", "t/acc") is None
+    align2, v2 = _aligned(client, exp, root, 2)
+    d = promotion.promote(EvaluateConfig(primary="t/acc"), *_evaluated(client, exp, root, 2, align2, 0.6), client)
+    assert (d["outcome"], d["champion_value"], _champion(client)) == ("promoted", 0.5, v2)  # from the record, no download
+
+
 def test_reevaluating_the_champion_is_not_a_promotion(registry):
     client, exp, root = registry
     align1, v1 = _aligned(client, exp, root, 1)
@@ -144,8 +160,7 @@ def test_champion_from_another_suite_is_rescored_on_this_one(registry):
     chal_model = toy_artifacts.make_align_dir(root / "chal-model", toy_data, reward_model=False, seed=2)
     _, v1 = _aligned(client, exp, root, 1, champ_model)
     client.set_registered_model_alias(NAME, "champion", v1)
-    client.set_model_version_tag(NAME, v1, "lifecycle.eval.suite", "OLD")
-    client.set_model_version_tag(NAME, v1, "lifecycle.eval.lifecycle_heldout_mc/acc", "0.99")
+    promotion.record_scores(client, NAME, v1, [{"task": "lifecycle_heldout_mc", "metric": "acc", "value": 0.99}], "OLD")
     align2, v2 = _aligned(client, exp, root, 2, chal_model)
 
     cfg = EvaluateConfig(tasks=("lifecycle_heldout_mc",), num_examples=8, num_choices=3, context_chars=60, continuation_chars=20, batch_size=4)
