@@ -3,13 +3,37 @@ range-checked. :mod:`phases.config` assembles them into the root and loads prese
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: "lr=.nan" fails as "Input should be a finite number" (NaN slips past
+    # bounds with a misleading message, and "weight_decay=.inf" would pass a lower bound).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+# The master URL forms Spark accepts (SparkContext's master parsing), checked before a JVM starts.
+_SPARK_MASTER = re.compile(
+    r"local(?:\[(?:\*|[1-9]\d*)(?:,[1-9]\d*)?\])?"  # local, local[4], local[*], local[4,2] (with retries)
+    r"|local-cluster\[[1-9]\d*,\s*[1-9]\d*,\s*[1-9]\d*\]"  # local-cluster[workers, cores, MiB]
+    r"|spark://[^\s:/,]+:\d{1,5}(?:,[^\s:/,]+:\d{1,5})*"  # standalone, several masters with ZooKeeper HA
+    r"|yarn|k8s://\S+|mesos://\S+"
+)
+# spark.driver.memory: a JVM size (plain number = MiB), as Spark's byteStringAsMb reads it.
+_JVM_MEMORY = re.compile(r"[1-9]\d*(?:[kmgt]b?)?", re.IGNORECASE)
+
+
+def check_spark_master(value: str) -> str:
+    """``value`` if it is a Spark master URL, else a ValueError naming the forms (also for ``lifecycle dedup``)."""
+    if not _SPARK_MASTER.fullmatch(value.strip()):
+        raise ValueError(
+            "not a Spark master URL; use local, local[N], local[*], local[N,F], spark://host:port[,host:port...], "
+            "yarn, k8s://https://host:port or mesos://host:port"
+        )
+    return value.strip()
 
 
 SourceKind = Literal["python_stdlib", "package_docs", "package_licenses", "jsonl", "parquet", "text"]
@@ -106,13 +130,15 @@ class DataConfig(Section):
     """Phase 1: read, normalize, filter, deduplicate, mix and split the sources."""
 
     sources: tuple[SourceConfig, ...] = Field(min_length=1, description="Input sources, each with a mixture weight.")
-    spark_master: str = Field("local[*]", description="Spark master URL: local[*] embedded, spark://host:7077 for a cluster.")
-    spark_driver_memory: str = Field("2g", description="spark.driver.memory for the embedded session.")
+    spark_master: str = Field(
+        "local[*]", description="Spark master URL: local[*] embedded, spark://host:7077 for a cluster (also yarn, k8s://..., mesos://...)."
+    )
+    spark_driver_memory: str = Field("2g", description="spark.driver.memory for the embedded session: a JVM size such as 512m or 2g.")
     min_chars: int = Field(50, ge=0, description="Documents shorter than this (after normalization) are dropped as too_short.")
     max_chars: int = Field(200_000, gt=0, description="Documents longer than this are quarantined as too_long.")
     quality: QualityConfig = Field(QualityConfig(), description="Thresholds of the quality heuristics.")
     near_dedup: NearDedupConfig = Field(NearDedupConfig(), description="Near-duplicate removal.")
-    redact_pii: bool = Field(True, description="Replace e-mails, public IPs, phone numbers and secrets with placeholders.")
+    redact_pii: bool = Field(True, description="Replace e-mails, IP addresses, phone numbers and secrets with placeholders (phases/data/pii.py).")
     mix_by: Literal["documents", "chars"] = Field(
         "documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists)."
     )
@@ -122,6 +148,22 @@ class DataConfig(Section):
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of documents in the validation split (by id hash).")
     shards: int = Field(2, ge=1, le=4096, description="Parquet files per split.")
     seed: int = Field(0, description="Seed of the mixing sample.")
+
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master(cls, v: str) -> str:
+        return check_spark_master(v)
+
+    @field_validator("spark_driver_memory", mode="before")
+    @classmethod
+    def _driver_memory(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)  # YAML reads 1024 as a number: MiB, as Spark does
+        if not isinstance(v, str):
+            return v  # the str field reports the wrong type
+        if not _JVM_MEMORY.fullmatch(v.strip()):
+            raise ValueError("not a JVM memory size; use digits with an optional k, m, g or t suffix (512m, 2g; a plain number is MiB)")
+        return v.strip()
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

@@ -15,6 +15,12 @@ rank 0 writes it before the other ranks' ZeRO shards are known to be on disk, wh
 ``latest.json`` is written after a barrier that follows every rank's save.
 The client state holds the run state; the RNG states go into one file per rank because
 only rank 0 writes DeepSpeed's model-states file (where client state lives).
+
+Nothing in a checkpoint directory is unpickled with code execution: DeepSpeed writes its
+``*.pt`` files with ``torch.save`` and reads them with ``torch.load(weights_only=False)``
+(TorchCheckpointEngine.load in 0.19), so :func:`restore` swaps in :func:`load_weights_only`:
+tensors, containers and plain values, plus the four DeepSpeed classes its ZeRO optimizer states
+hold (:func:`deepspeed_safe_globals`). A file with anything else is refused, naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -156,6 +163,7 @@ def restore(engine, plan: dict[str, Any], rank: int) -> RunState:
         return fresh
     ckpt_dir, tag = plan["dir"], plan["tag"]
     warm = plan["mode"] == "warm"
+    read_weights_only(engine)
     # A warm start keeps what was learned (weights, Adam moments) and restarts the schedule:
     # a new lr warmup and cosine over max_steps, and the new data from its first row.
     path, client = engine.load_checkpoint(ckpt_dir, tag, load_optimizer_states=True, load_lr_scheduler_states=not warm)
@@ -169,6 +177,38 @@ def restore(engine, plan: dict[str, Any], rank: int) -> RunState:
     state.resumed_from = f"resume:{tag}"
     set_rng_state(read_rng_state(Path(ckpt_dir) / tag, rank))
     return state
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """The classes besides tensors, containers and plain values that DeepSpeed 0.19 pickles into a
+    checkpoint (found by loading stage 0-3 fp32/bf16 checkpoints with weights_only=True): the ZeRO
+    optimizer state's loss scaler, ZeRO stage enum and parameter fragment addresses. Data-only
+    classes: unpickling them sets attributes and runs no code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path, map_location=None):
+    """``torch.load(path, weights_only=True)`` with :func:`deepspeed_safe_globals` allowed."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"checkpoint file {path} holds objects other than tensors and plain values, so it is not loaded "
+            f"(weights_only=True: {str(e).splitlines()[0]}); delete it or set pretrain.resume=never to train from scratch"
+        ) from None
+
+
+def read_weights_only(engine) -> None:
+    """Make ``engine.load_checkpoint`` read every file through :func:`load_weights_only`: DeepSpeed
+    reads model, optimizer and ZeRO shard files through ``engine.checkpoint_engine.load`` only."""
+    engine.checkpoint_engine.load = load_weights_only
 
 
 class Saver:

@@ -47,5 +47,7 @@ def test_pii_is_replaced_and_counted():
 
 
 def test_pii_leaves_code_alone():
-    code = 'version = "2.7.2.2"\nmask = "255.255.255.0"\nhost = "127.0.0.1"\nnet = "10.1.2.3"\npassword = "xxxxxxxxxxxxxxxx"\n'
+    code = 'version = "2.7.2.2"\nmask = "255.255.255.0"\nany = "0.0.0.0"\nnet = "10.0.0.0/8"\npassword = "xxxxxxxxxxxxxxxx"\n'
     assert redact(code) == (code, {"email": 0, "ip": 0, "phone": 0, "secret": 0})
+    # Every address range is redacted: a private or loopback address still maps a network.
+    assert redact('host = "127.0.0.1"\nnet = "10.1.2.3"\n')[1]["ip"] == 2
