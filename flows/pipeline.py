@@ -58,7 +58,7 @@ def lifecycle_pipeline(
     crash.close_orphans(mlf, exp_id)  # runs a killed earlier run left RUNNING
     parent = lineage.start_parent(mlf, exp_id, cfg, tags, selected)
     ctx = LineageContext(home=str(home), experiment_id=exp_id, parent_run_id=parent, tags=tags)
-    logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.tracking_uri(home))
+    logger.info("MLflow parent run %s (experiment %s, %s)", parent, cfg.experiment, lineage.shown_tracking_uri(home))
     create_markdown_artifact(
         key="mlflow-parent-run",
         description="This flow run's MLflow parent run",
@@ -86,7 +86,7 @@ def lifecycle_pipeline(
         raise
     _log_parent_headlines(mlf, parent, results)
     mlf.set_terminated(parent, "FINISHED")
-    return {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": lineage.tracking_uri(home), "home": str(home), "phases": results}
+    return {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": lineage.shown_tracking_uri(home), "home": str(home), "phases": results}
 
 
 @contextlib.contextmanager

@@ -54,9 +54,16 @@ def experiment_id(mlf, name: str, home: Path) -> str:
         return mlf.get_experiment_by_name(name).experiment_id
 
 
+def shown_tracking_uri(home: Path) -> str:
+    """The tracking URI as logs and artifacts may show it: a password in it masked."""
+    from phases.data.pii import mask_url_credentials
+
+    return mask_url_credentials(tracking_uri(home))
+
+
 def run_link(home: Path, exp_id: str, run_id: str) -> str:
     """A link to an MLflow run: the tracking server's page, or how to open a local store's UI."""
-    uri = tracking_uri(home)
+    uri = shown_tracking_uri(home)
     if uri.startswith(("http://", "https://")):
         return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id})"
     return f"`{run_id}` (local store {uri}: `make ui-mlflow`, then http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id})"

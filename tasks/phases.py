@@ -10,6 +10,7 @@ and either builds the output or finds it finished. A reused phase ends in Prefec
 from __future__ import annotations
 
 import sqlite3
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,13 @@ from phases.metrics import MlflowSink
 from phases.refs import PhaseRef
 from phases.registry import BY_NAME, PHASES, run_phase
 from tasks import lineage
+from tasks.progress import progress_artifact
 
 # Failures worth another try: the tracking store or a filesystem hiccup, never a bad
 # config, bad data or a crashed training job (those fail the same way again).
 TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
+# Phases whose step-by-step progress becomes a Prefect progress artifact (tasks/progress.py).
+TRAINING = ("pretrain", "align")
 # Task names say what the task does (the Prefect UI lists them).
 VERBS = {
     "data": "prepare_data",
@@ -61,16 +65,17 @@ def run_in_child_run(
     try:
         lineage.log_inputs(mlf, run_id, inputs)
         sink = MlflowSink(run_id, lineage.tracking_uri(Path(ctx.home)))
-        ref, reused = run_phase(
-            phase,
-            section,
-            inputs,
-            Path(ctx.home),
-            key=key,
-            sink=sink,
-            extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}},
-            reuse_only=reuse_only,
-        )
+        with progress_artifact(phase) if phase in TRAINING else nullcontext():
+            ref, reused = run_phase(
+                phase,
+                section,
+                inputs,
+                Path(ctx.home),
+                key=key,
+                sink=sink,
+                extra={"lineage": {"mlflow_run_id": run_id, **ctx.tags}},
+                reuse_only=reuse_only,
+            )
         if phase in AFTER_BUILD and not reused:  # a reused output was registered by the run that built it
             AFTER_BUILD[phase](section, ref, run_id, ctx)
         lineage.finish_child(mlf, run_id, ref, reused)

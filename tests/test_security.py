@@ -14,8 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 OUR_CODE = ("phases", "tasks", "flows")
 
@@ -283,13 +281,10 @@ def test_mask_url_credentials():
     assert mask_url_credentials("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks/lineage.run_link (the Prefect artifact), flows/pipeline.py:61 (the flow log) and flows/cli.py:127 (the run's last "
-    "lines) show MLFLOW_TRACKING_URI as set, password included: wrap it in phases.data.pii.mask_url_credentials there",
-)
 def test_tracking_uri_password_is_not_shown(tmp_path, monkeypatch):
     from tasks import lineage
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://user:s3cr3tpass@mlflow.example.com")
     assert "s3cr3tpass" not in lineage.run_link(tmp_path, "1", "abc")
+    assert lineage.shown_tracking_uri(tmp_path) == "https://user:***@mlflow.example.com"
+    assert lineage.tracking_uri(tmp_path) == "https://user:s3cr3tpass@mlflow.example.com"  # the client still gets the real one
