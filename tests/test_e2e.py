@@ -48,7 +48,8 @@ def test_prefect_artifacts_link_the_mlflow_runs(home):
 
     with sqlite3.connect(home / "prefect" / "prefect.db") as db:
         rows = dict(db.execute("select key, data from artifact").fetchall())
-    assert {f"{p}-summary" for p in PHASES} | {"mlflow-parent-run"} <= set(rows)
+    assert {f"{p}-summary" for p in PHASES} | {"mlflow-parent-run", "pretrain-progress", "align-progress", "promotion"} <= set(rows)
+    assert "first_champion" in rows["promotion"]
     assert "MLflow run:" in rows["pretrain-summary"] and "final_loss" in rows["pretrain-summary"]
 
 
