@@ -1,8 +1,9 @@
 """Phase 1 on Spark: read the sources (:mod:`phases.data.sources`), normalize, filter, drop exact duplicates, mix, split.
 
-Per-document logic lives in :mod:`phases.data.normalize` and runs batch-wise through
-``mapInPandas`` (Arrow), never as a per-row Python UDF. Every document that does not reach
-the output is written to ``rejected/`` with its source, location, stage and reason.
+Per-document logic lives in :mod:`phases.data.documents` (with :mod:`phases.data.records`,
+:mod:`phases.data.normalize`, ``quality`` and ``pii``) and runs batch-wise through ``mapInPandas``
+(Arrow), never as a per-row Python UDF. Every record that does not reach the output is written
+to ``rejected/`` with its source, file (``location``), ``line``, stage, reason and detail.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from phases.config import DataConfig
-from phases.data.sources import id_prefix, read_source
+from phases.data.documents import PII_KINDS, PROCESSED_SCHEMA, process_batches, unread_files
+from phases.data.sources import read_source
 from phases.data.spark import spark_session
 from phases.errors import DataError
 from phases.metrics import MetricsSink, write_table
@@ -21,59 +23,8 @@ from phases.storage import CONTENT_FINGERPRINT
 
 log = logging.getLogger("lifecycle.data")
 
-PII_KINDS = ("email", "ip", "phone", "secret")
-PROCESSED_SCHEMA = "id string, source string, location string, text string, sha string, chars long, stage string, reason string, " + ", ".join(
-    f"pii_{k} long" for k in PII_KINDS
-)
 OUTPUT_COLUMNS = ("id", "source", "text")
-
-
-def process_batches(cfg: DataConfig):
-    """The mapInPandas function: normalize, check and hash each document of a batch."""
-    from phases.data.normalize import check, decode, metadata_description, normalize, text_hash
-    from phases.data.pii import redact
-    from phases.data.quality import quality_reason
-
-    prefixes = {s.name: id_prefix(s) for s in cfg.sources}
-    metadata_sources = {s.name for s in cfg.sources if s.kind == "package_docs"}
-    filtered_sources = {s.name for s in cfg.sources if s.quality_filters}
-    no_pii = {k: 0 for k in PII_KINDS}
-
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
-        for pdf in batches:
-            rows = []
-            for source, loc, doc_id, data, read_error in zip(pdf.source, pdf.location, pdf.doc_id, pdf.raw, pdf.read_error):
-                raw, bad_encoding = decode(data)
-                if source in metadata_sources and raw is not None and loc.endswith("/METADATA"):
-                    raw = metadata_description(raw)
-                text = normalize(raw) if raw is not None else ""
-                # Undecodable bytes are the more precise reason (Spark calls such JSON lines corrupt).
-                verdict = (
-                    ("quarantine", "invalid_utf8")
-                    if bad_encoding
-                    else ("quarantine", read_error)
-                    if isinstance(read_error, str)
-                    else check(raw, text, cfg.min_chars, cfg.max_chars)
-                )
-                if verdict is None and source in filtered_sources:
-                    reason = quality_reason(text, cfg.quality)
-                    verdict = ("filter", reason) if reason else None
-                # Exact duplicates are judged on the text before redaction (two documents that
-                # differ only in an e-mail address are different documents).
-                sha = text_hash(text)
-                pii = no_pii
-                if verdict is None and cfg.redact_pii:
-                    text, pii = redact(text)
-                local_id = doc_id if isinstance(doc_id, str) and doc_id else (loc.removeprefix(prefixes[source]) if prefixes[source] else sha[:20])
-                stage, reason = verdict or (None, None)
-                rows.append(
-                    (f"{source}/{local_id}", source, loc, None if verdict else text, sha, len(text), stage, reason, *(pii[k] for k in PII_KINDS))
-                )
-            yield pd.DataFrame(rows, columns=[c.split()[0] for c in PROCESSED_SCHEMA.split(", ")])
-
-    return run
+REJECTED_COLUMNS = ("id", "source", "location", "line", "stage", "reason", "detail", "chars")
 
 
 def mixture_targets(available: dict[str, int], weights: dict[str, float], max_epochs: float = 1.0) -> dict[str, int]:
@@ -141,24 +92,42 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
     spark = spark_session(cfg.spark_master, cfg.spark_driver_memory)
     try:
         log.info("data: reading %d sources with Spark (%s)", len(cfg.sources), cfg.spark_master)
-        frames = [read_source(spark, s) for s in cfg.sources]
-        raw = frames[0]
-        for f in frames[1:]:
-            raw = raw.unionByName(f)
+        reads = [read_source(spark, s) for s in cfg.sources]
+        raw = reads[0].frame
+        for r in reads[1:]:
+            raw = raw.unionByName(r.frame)
         docs = raw.mapInPandas(process_batches(cfg), PROCESSED_SCHEMA).persist()
 
-        read_counts = {r["source"]: r["count"] for r in docs.groupBy("source").count().collect()}
+        # One pass gives the counts and the files that yielded records; a listed file without any is
+        # recorded (empty, or gone since the listing), so that no input disappears without a row.
+        per_file = docs.groupBy("source", "location").count().collect()
+        listed = {s.name: r.files for s, r in zip(cfg.sources, reads) if r.files is not None}
+        unread = unread_files(cfg, listed, {(r["source"], r["location"]) for r in per_file})
+        if unread:
+            docs = docs.unionByName(spark.createDataFrame(unread, PROCESSED_SCHEMA))
+        read_counts: dict[str, int] = {}
+        for r in per_file:
+            read_counts[r["source"]] = read_counts.get(r["source"], 0) + r["count"]
+        for row in unread:
+            read_counts[row[1]] = read_counts.get(row[1], 0) + 1
         for s in cfg.sources:
             if not read_counts.get(s.name):
                 raise DataError(f"source {s.name!r} yielded no records from {s.path or s.kind}; check the path or remove the source")
         log.info("data: read %s documents", read_counts)
 
         good = docs.where(F.col("stage").isNull())
-        # One text per id: a user source that reuses ids gets the extras quarantined.
-        by_id = Window.partitionBy("id").orderBy("sha")
-        good = good.withColumn("_n", F.row_number().over(by_id))
-        dup_ids = good.where("_n > 1").withColumn("stage", F.lit("quarantine")).withColumn("reason", F.lit("duplicate_id"))
-        good = good.where("_n = 1")
+        # One text per id: the first record in file order (file path, then line) keeps it, the
+        # others are quarantined with the place of the one kept.
+        by_id = Window.partitionBy("id").orderBy("location", "line")
+        kept_at = F.first(F.concat_ws(":", "location", F.col("line").cast("string"))).over(by_id)
+        good = good.withColumn("_n", F.row_number().over(by_id)).withColumn("_kept_at", kept_at)
+        dup_ids = (
+            good.where("_n > 1")
+            .withColumn("stage", F.lit("quarantine"))
+            .withColumn("reason", F.lit("duplicate_id"))
+            .withColumn("detail", F.concat(F.lit("kept "), F.col("_kept_at")))
+        )
+        good = good.where("_n = 1").drop("_kept_at")
         # Exact dedup on the normalized text: the smallest id of each text is kept.
         by_sha = Window.partitionBy("sha").orderBy("id")
         good = good.withColumn("_r", F.row_number().over(by_sha)).withColumn("_kept_id", F.first("id").over(by_sha))
@@ -177,10 +146,9 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         val_files = _publish_parquet(mixed.where(is_val).select(*OUTPUT_COLUMNS), out, "validation", 1)
         rejected = (
             docs.where(F.col("stage").isNotNull())
-            .withColumn("detail", F.lit(None).cast("string"))
-            .unionByName(dup_ids.drop("_n").withColumn("detail", F.lit(None).cast("string")))
-            .unionByName(exact.withColumn("detail", F.col("_kept_id")).drop("_r", "_n", "_kept_id"))
-            .select("id", "source", "location", "stage", "reason", "detail", "chars")
+            .select(*REJECTED_COLUMNS)
+            .unionByName(dup_ids.select(*REJECTED_COLUMNS))
+            .unionByName(exact.withColumn("detail", F.col("_kept_id")).select(*REJECTED_COLUMNS))
         )
         if near is not None:
             rejected = rejected.unionByName(near)
@@ -202,15 +170,14 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
             .orderBy("source", "stage", "reason")
             .collect()
         ]
-        pii = {
-            r["source"]: {k: int(r[k] or 0) for k in PII_KINDS}
-            for r in unique.groupBy("source").agg(*[F.sum(f"pii_{k}").alias(k) for k in PII_KINDS]).collect()
-        }
+        per_source = unique.groupBy("source").agg(F.count("*").alias("_kept"), *[F.sum(f"pii_{k}").alias(k) for k in PII_KINDS]).collect()
+        pii = {r["source"]: {k: int(r[k] or 0) for k in PII_KINDS} for r in per_source}
+        kept = {r["source"]: int(r["_kept"]) for r in per_source}
         copies = {r["source"]: r["count"] for r in mixed.where("_copy > 0").groupBy("source").count().collect()}
     finally:
         spark.stop()
 
-    summary = _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
+    summary = _summarize(cfg, sink, read_counts, kept, available, targets, split_counts, reasons, pii, copies, train_files, val_files)
     summary[CONTENT_FINGERPRINT] = content_digest(out)
     if cfg.near_dedup.enabled:
         summary["near_duplicates"] = sum(r["count"] for r in reasons if r["reason"] == "near_duplicate")
@@ -235,7 +202,9 @@ def content_digest(out: Path) -> str:
     h = hashlib.sha256()
     for split in ("train", "validation", "rejected"):
         table = pq.read_table(out / split)
-        table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+        # Rejected rows may share an id (repeats of one id): their place orders them.
+        keys = [k for k in ("id", "location", "line") if k in table.column_names]
+        table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
         h.update(f"{split}:{table.num_rows}:{','.join(table.column_names)}\n".encode())
         for batch in table.to_batches(max_chunksize=4096):
             for row in batch.to_pylist():
@@ -269,6 +238,7 @@ def remove_near_duplicates(spark, unique, cfg: DataConfig):
         "id",
         "source",
         "location",
+        "line",
         F.lit("dedup").alias("stage"),
         F.lit("near_duplicate").alias("reason"),
         F.col("cluster_id").alias("detail"),
@@ -310,7 +280,7 @@ def log_cluster_sizes(sizes: dict[int, int], sink: MetricsSink) -> None:
         sink.log_artifact(path)
 
 
-def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons, pii, copies, train_files, val_files) -> dict[str, Any]:
+def _summarize(cfg, sink, read_counts, kept, available, targets, split_counts, reasons, pii, copies, train_files, val_files) -> dict[str, Any]:
     selected = sum(targets.values())
     table = []
     for s in cfg.sources:
@@ -324,6 +294,11 @@ def _summarize(cfg, sink, read_counts, available, targets, split_counts, reasons
                 "weight": s.weight,
                 "unit": cfg.mix_by,
                 "read": read_counts.get(s.name, 0),
+                # read = kept + quarantined + filtered + deduplicated (rejected/ holds each one not kept)
+                "kept": kept.get(s.name, 0),
+                "quarantined": sum(r["count"] for r in reasons if r["source"] == s.name and r["stage"] == "quarantine"),
+                "filtered": sum(r["count"] for r in reasons if r["source"] == s.name and r["stage"] == "filter"),
+                "deduplicated": sum(r["count"] for r in reasons if r["source"] == s.name and r["stage"] == "dedup"),
                 "available": available.get(s.name, 0),
                 "selected": targets.get(s.name, 0),
                 "share": round(targets.get(s.name, 0) / selected, 4) if selected else 0.0,
