@@ -42,7 +42,7 @@ class PhaseSpec:
 
 RECORDS = ("*.log", "metrics.jsonl")
 PHASES: tuple[PhaseSpec, ...] = (
-    PhaseSpec("data", 2, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
+    PhaseSpec("data", 3, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
     PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters"), RECORDS),
     # summary.json, training_args.json (it names the staging directory) and the model card carry timings and paths.
     PhaseSpec(
