@@ -127,7 +127,10 @@ def test_evaluation_shows_the_evidence(home, mlflow_client):
         for task in ("lifecycle_heldout_mc", "lifecycle_instruct_mc"):
             assert f"eval/{model}/{task}/acc" in m and f"eval/{model}/{task}/acc_stderr" in m
         assert f"eval/{model}/lifecycle_instruct_gen/exact_match" in m
-        assert {f"eval/{model}/lifecycle_ppl_{s}/bits_per_byte" for s in ("code", "docs", "licenses")} <= set(m)
+        assert {f"eval/{model}/lifecycle_ppl_{s}/bits_per_byte" for s in ("code", "docs")} <= set(m)
+        # Every licence text overlaps the training data: under the preset's `clean` policy it is not scored.
+        assert f"eval/{model}/lifecycle_ppl_licenses/bits_per_byte" not in m
+    assert m["contamination/lifecycle_ppl_licenses/rate"] == 1.0
     assert "memorization/aligned/exact_match_rate" in m and "contamination/lifecycle_heldout_mc/rate" in m
     arts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/results.json", "eval/results.md", "eval/contamination.json", "eval/memorization.json"} <= arts
