@@ -222,9 +222,9 @@ def _evaluate(args) -> int:
     from flows.env import configure
 
     configure()
-    from phases.inference.resolve import resolve
+    from phases.inference.resolve import check
 
-    resolve(args.model)  # a missing directory, registered model or alias fails here, before Prefect starts
+    check(args.model)  # a missing directory, registered model or alias fails here, before Prefect starts (no download)
     from flows.evaluate_model import evaluate_model
 
     result = evaluate_model(model=args.model, config=args.config, overrides=args.overrides, label=args.label)

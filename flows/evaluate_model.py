@@ -73,9 +73,11 @@ def evaluate_model(model: str, config: str = "tiny", overrides: list[str] | None
         mlf.log_dict(run_id, {"rows": rows}, "eval/results.json")
         mlf.log_text(run_id, table, "eval/results.md")
         if model.startswith("models:/"):
+            from phases.inference.resolve import registry_version
             from tasks.promotion import record_scores
 
-            name, version = _version_of(mlf, model)
+            _, name, version = registry_version(model)
+            version = str(version.version)
             record_scores(mlf, name, version, rows, scored["suite"])
             mlf.set_tag(run_id, "lifecycle.model_version", f"models:/{name}/{version}")
         mlf.set_terminated(run_id, "FINISHED")
@@ -87,12 +89,3 @@ def evaluate_model(model: str, config: str = "tiny", overrides: list[str] | None
     )
     logger.info("evaluate: %s scored on %d tasks (suite %s); MLflow run %s", model, len(tasks), scored["suite"], run_id)
     return {"run_id": run_id, "model": model, "suite": scored["suite"], "rows": rows, "output": str(out)}
-
-
-def _version_of(mlf, uri: str) -> tuple[str, str]:
-    body = uri[len("models:/") :]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, mlf.get_model_version_by_alias(name, alias).version
-    name, version = body.rsplit("/", 1)
-    return name, version

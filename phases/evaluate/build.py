@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from phases.config import EvaluateConfig
-from phases.errors import DataError
+from phases.errors import ConfigError, DataError
 from phases.evaluate import suite as S
 from phases.evaluate.perplexity import perplexity, read_packed
 from phases.metrics import MetricsSink
@@ -61,7 +61,6 @@ def untrained_model(pretrain_dir: Path, dst: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from phases.errors import DataError
     from phases.storage import read_manifest
 
     try:
@@ -141,8 +140,6 @@ def build(cfg: EvaluateConfig, inputs: Mapping[str, PhaseRef], out: Path, sink: 
         work = Path(tmp)
         tm, tasks, samples, outcome, scored = prepare(cfg, data_dir, align_dir, out / "suite", work)
         if cfg.primary.split("/", 1)[0] not in tasks:  # before any model is loaded
-            from phases.errors import ConfigError
-
             raise ConfigError(f"evaluate.primary={cfg.primary!r}: task {cfg.primary.split('/', 1)[0]!r} is not in the suite {sorted(tasks)}")
         (out / "contamination.json").write_text(json.dumps(outcome["report"], indent=2, sort_keys=True))
         (out / "scored.json").write_text(json.dumps(scored, indent=2, sort_keys=True))
@@ -238,7 +235,5 @@ def summary(rows, cfg: EvaluateConfig, ppl, outcome, mem, scored, guards) -> dic
 
 
 def raise_missing_primary(cfg: EvaluateConfig, rows) -> None:
-    from phases.errors import ConfigError
-
     have = sorted({f"{r['task']}/{r['metric']}" for r in rows if r["model"] == CANDIDATE})
     raise ConfigError(f"evaluate.primary={cfg.primary!r} is not among the scored metrics: {have}")

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -376,7 +375,3 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], models: Sequence[str]) -> 
 
 def all_samples(tasks: Mapping[str, Any], limit: int | None) -> dict[str, list[int]]:
     return {name: list(range(len(task.eval_docs)))[:limit] for name, task in tasks.items()}
-
-
-def copy_suite(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

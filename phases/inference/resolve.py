@@ -39,7 +39,16 @@ def resolve(spec: str, download_to: Path | None = None) -> ResolvedModel:
     return ResolvedModel(model_dir, tokenizer_dir, spec)
 
 
-def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
+def check(spec: str) -> None:
+    """Fail now, with the message :func:`resolve` would give, if ``spec`` names no model; downloads nothing."""
+    if spec.startswith("models:/"):
+        registry_version(spec)
+    elif not Path(spec).expanduser().exists():
+        raise DataError(f"--model {spec}: no such directory; give a saved model directory or models:/NAME@ALIAS")
+
+
+def registry_version(uri: str):
+    """``(client, name, ModelVersion)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``, or a clear error."""
     from mlflow.tracking import MlflowClient
 
     m = _URI.match(uri)
@@ -61,6 +70,11 @@ def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
         raise DataError(
             f"{uri}: {what} on registered model {name!r}; see its versions with MlflowClient().search_model_versions(\"name='{name}'\")"
         ) from None
+    return client, name, version
+
+
+def _registry_artifacts(uri: str, download_to: Path | None) -> Path:
+    client, name, version = registry_version(uri)
     location = client.get_model_version_download_uri(name, version.version)
     local = _local_path(location)
     if local is not None and local.exists():
