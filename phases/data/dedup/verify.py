@@ -13,6 +13,13 @@ documents are never compared (they stay as the index clustered them): a bucket's
 a new document, indexed documents of one stored cluster count as connected, and only pairs with a new
 document are computed.
 
+A group of buckets (buckets linked by a shared member) of 16 to 4,000 documents is verified all at
+once instead (:func:`candidate_edges`): its shingle sets as bitsets over the group's distinct keys,
+every Jaccard of the group by popcounts, kept for the pairs that share a bucket, and a spanning forest
+of those at or above the threshold: the same clusters again, since every candidate pair is computed.
+In a heavy-tailed cluster most members are not duplicates of each other, and proving that pair by
+pair in Python cost more than computing all of them in numpy.
+
 Small candidate sets are verified group-wise: buckets linked by a member form a group, each group's
 texts are shuffled once to one task and their shingle sets built once, in numpy
 (:class:`~phases.data.dedup.shingles.ShingleSets`). Larger ones (or a giant group) take the scale-out
@@ -28,7 +35,7 @@ from phases.config import NearDedupConfig
 from phases.data.dedup.candidates import bucket_pairs
 from phases.data.dedup.components import union_find
 from phases.data.dedup.frames import collect_at_most, small_ids, string_frame
-from phases.data.dedup.shingles import SLICE_TEXT_BYTES, ShingleSets, jaccard, shingle_tuples, text_lengths
+from phases.data.dedup.shingles import SLICE_TEXT_BYTES, GroupBits, ShingleSets, jaccard, shingle_tuples, text_lengths
 
 EDGE_SCHEMA = "a string, b string, jaccard double"
 # Bucket sets up to this many rows are collected and verified group-wise; larger ones by joins.
@@ -38,6 +45,11 @@ MAX_GROUP_DOCS = 20_000
 # Most members verified against one document at once (chunks grow from 4): one numpy pass per chunk,
 # and small first chunks let an early link make the other members connected (skipped).
 LINK_CHUNK = 64
+# A group of BITSET_MIN_DOCS to BITSET_MAX_DOCS documents whose bitsets (GroupBits) fit in BITSET_BYTES
+# is verified all at once (candidate_edges): every Jaccard of the group by popcounts, in blocks of rows
+# of about MATRIX_BLOCK_BYTES of AND-ed words. A cluster's copies share most shingles, so its bitsets are
+# small, and a popcount per pair costs less than the Python of picking which pairs to compute.
+BITSET_MIN_DOCS, BITSET_MAX_DOCS, BITSET_BYTES, MATRIX_BLOCK_BYTES = 16, 4_000, 64 << 20, 64 << 20
 
 
 def link_buckets(
@@ -72,18 +84,20 @@ def link_buckets(
         """Verifies x against those of ys it is not connected to (in chunks: the first links make the
         rest connected); returns the ys left unconnected."""
         left, at, size = [], 0, 4
+        root, fresh = find(x), cluster(x) is None  # x's root stays the root: others are linked under it
         while at < len(ys):
             chunk, at, size = ys[at : at + size], at + size, min(2 * size, LINK_CHUNK)
-            todo = [y for y in chunk if find(y) != find(x) and (cluster(x) is None or cluster(y) is None)]
-            new = [y for y in todo if _pair(x, y) not in computed]
-            for y, j in zip(new, similarities(x, new) if new else []):
-                computed[_pair(x, y)] = j
-            for y in todo:
-                if find(y) == find(x):
+            todo = [(y, (x, y) if x < y else (y, x)) for y in chunk if find(y) != root and (fresh or cluster(y) is None)]
+            new = [(y, p) for y, p in todo if p not in computed]
+            for (_, p), j in zip(new, similarities(x, [y for y, _ in new]) if new else []):
+                computed[p] = j
+            for y, p in todo:
+                other = find(y)
+                if other == root:
                     continue
-                if computed[_pair(x, y)] >= threshold:
-                    parent[find(y)] = find(x)
-                    edges.append((*_pair(x, y), computed[_pair(x, y)]))
+                if computed[p] >= threshold:
+                    parent[other] = root
+                    edges.append((*p, computed[p]))
                 else:
                     left.append(y)
         return left
@@ -96,6 +110,65 @@ def link_buckets(
         for f in link(rep, [y for y in ids if y != rep]):
             link(f, [y for y in ids if y != f])
     return edges, len(computed)
+
+
+def _groups(buckets: list[list[str]]) -> list[list[list[str]]]:
+    """``buckets`` by group (buckets linked by a shared member)."""
+    group = union_find((ids[0], i) for ids in buckets for i in ids[1:])
+    out: dict[str, list] = {}
+    for ids in buckets:
+        out.setdefault(group[ids[0]], []).append(ids)
+    return list(out.values())
+
+
+def candidate_edges(bits, members: list[str], buckets: list[list[str]], stored: list[str | None], threshold: float):
+    """(verified edges that connect ``members`` as verifying all their candidate pairs would, Jaccards
+    computed): every Jaccard of the group at once from its bitsets (:class:`GroupBits`), kept where the
+    pair shares a bucket and holds a new document, then a spanning forest of those at or above the
+    threshold. ``stored``: each member's indexed cluster or None; one stored cluster is one node."""
+    import numpy as np
+
+    at = {i: k for k, i in enumerate(members)}
+    k = len(members)
+    incidence = np.zeros((k, len(buckets)), np.float32)
+    for b, ids in enumerate(buckets):
+        incidence[[at[i] for i in ids], b] = 1.0
+    candidate = np.triu((incidence @ incidence.T) > 0, 1)  # pairs sharing a bucket, each once
+    fresh = np.array([c is None for c in stored])
+    candidate &= fresh[:, None] | fresh[None, :]
+    block = max(1, MATRIX_BLOCK_BYTES // max(1, bits.bits.nbytes))
+    ai, bi, js = [], [], []
+    for start in range(0, k, block):
+        rows = np.arange(start, min(k, start + block))
+        inter = np.bitwise_count(bits.bits[rows, None, :] & bits.bits[None, :, :]).sum(axis=2, dtype=np.int64)
+        union = bits.sizes[rows, None] + bits.sizes[None, :] - inter
+        jac = np.divide(inter, union, out=np.zeros(union.shape), where=(union > 0) & (bits.sizes[rows, None] > 0) & (bits.sizes[None, :] > 0))
+        r, c = np.nonzero(candidate[rows] & (jac >= threshold))
+        ai += (rows[r]).tolist()
+        bi += c.tolist()
+        js += jac[r, c].tolist()
+    return _spanning_edges(members, stored, np.array(ai, np.int64), np.array(bi, np.int64), js), int(candidate.sum())
+
+
+def _spanning_edges(members: list[str], stored: list[str | None], a, b, js: list[float]) -> list[tuple[str, str, float]]:
+    """A spanning forest of the verified pairs (a[i], b[i]) (scipy's minimum spanning tree, weights =
+    pair order); members of one stored cluster are tied by zero-cost links that are not edges."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    by_cluster: dict[str, list[int]] = {}
+    for k, c in enumerate(stored):
+        if c is not None:
+            by_cluster.setdefault(c, []).append(k)
+    tie_a = [m for ks in by_cluster.values() for m in ks[:-1]]
+    tie_b = [m for ks in by_cluster.values() for m in ks[1:]]
+    weight = np.concatenate([np.arange(1, len(a) + 1, dtype=np.float64), np.full(len(tie_a), 0.5)])
+    graph = coo_matrix(
+        (weight, (np.concatenate([a, tie_a]).astype(np.int64), np.concatenate([b, tie_b]).astype(np.int64))), shape=(len(members),) * 2
+    )
+    tree = minimum_spanning_tree(graph.tocsr()).tocoo()
+    return [(members[a[int(w) - 1]], members[b[int(w) - 1]], js[int(w) - 1]) for w in tree.data if w >= 1]
 
 
 def _pair(x: str, y: str) -> tuple[str, str]:
@@ -149,7 +222,22 @@ def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
         # A pair that the keys cannot prove exact (a 64-bit collision) is recomputed from Python sets.
         return [j if j is not None else jaccard(exact(x), exact(y)) for y, j in zip(ys, js)]
 
-    edges, computed = link_buckets(buckets, similarities, params.threshold, lambda i: stored[row[i]])
+    small, edges, computed = [], [], 0
+    for group in _groups(buckets):
+        members = sorted({i for ids in group for i in ids})
+        rows = np.array([local[i] for i in members], dtype=np.int64)
+        bits = None
+        if BITSET_MIN_DOCS <= len(members) <= BITSET_MAX_DOCS and not sets.unsure.intersection(rows.tolist()):
+            bits = GroupBits.build(sets, rows, BITSET_BYTES)
+        if bits is None:
+            small += group
+            continue
+        found, n = candidate_edges(bits, members, group, [stored[row[i]] for i in members], params.threshold)
+        edges += found
+        computed += n
+    found, n = link_buckets(small, similarities, params.threshold, lambda i: stored[row[i]])
+    edges += found
+    computed += n
     a, b, j = (list(c) for c in zip(*edges)) if edges else ([], [], [])
     return pa.RecordBatch.from_arrays(
         [pa.array(a + [None], pa.string()), pa.array(b + [None], pa.string()), pa.array(j + [float(computed)], pa.float64())],

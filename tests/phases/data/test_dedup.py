@@ -116,6 +116,39 @@ def test_link_buckets_gives_the_components_of_verifying_every_pair(seed):
     assert got == _all_pairs_labels(buckets, sim, 0.8, cluster)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_big_group_verified_at_once_gives_the_components_of_verifying_every_pair(seed):
+    """candidate_edges (bitsets, every Jaccard of a group at once) on real texts: a cluster of 40 edited
+    copies, half of them below the threshold from each other, in random overlapping buckets (with and
+    without indexed documents): the components of verifying every candidate pair, exact Jaccards."""
+    import numpy as np
+    import pyarrow as pa
+
+    from phases.data.dedup.shingles import GroupBits, ShingleSets
+
+    rng = random.Random(seed)
+    base = _doc(rng, 200)
+    texts = {f"c{i:02d}": _edit(rng, base, rng.choice([2, 4, 9, 14])) for i in range(40)}
+    ids = sorted(texts)
+    buckets = [sorted(rng.sample(ids, rng.randint(2, 25))) for _ in range(12)]
+    members = sorted({i for b in buckets for i in b})
+    sets = ShingleSets(pa.array([texts[i] for i in members]), 5)
+    bits = GroupBits.build(sets, np.arange(len(members)), 1 << 26)
+    stored = {i: rng.choice(["s0", "s1", None]) for i in members} if seed % 2 else {}
+    cluster = lambda i: stored.get(i)  # noqa: E731
+    edges, computed = verify.candidate_edges(bits, members, buckets, [cluster(i) for i in members], 0.8)
+    exact = lambda a, b: jaccard(shingles(texts[a], 5), shingles(texts[b], 5))  # noqa: E731
+    assert all(j >= 0.8 and j == pytest.approx(exact(a, b), abs=1e-12) for a, b, j in edges)
+    pairs = {
+        tuple(p) for b in buckets for k, x in enumerate(b) for p in [(x, y) for y in b[k + 1 :]] if cluster(p[0]) is None or cluster(p[1]) is None
+    }
+    assert computed == len(pairs)
+    node = lambda i: "0" + cluster(i) if cluster(i) is not None else "1" + i  # noqa: E731
+    got = union_find([(node(a), node(b)) for a, b, _ in edges] + [(node(i), node(i)) for b in buckets for i in b])
+    assert got == _all_pairs_labels(buckets, exact, 0.8, cluster)
+    assert 0 < len(edges) < len(members) - 1 or seed % 2  # some copies are duplicates, some are not
+
+
 def test_link_buckets_cost_follows_the_documents_not_the_pairs():
     """A bucket of 300 near copies costs about 300 Jaccards, not 44,850; a copy that fails against the
     representative (the member in most buckets) is tried against the others and joins through one of them."""
