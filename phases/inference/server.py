@@ -8,16 +8,22 @@ The endpoints, SSE streaming and generation are those of ``transformers serve``
   path or a ``models:/`` URI, fp32 or int8) under a served name, and listing only that in
   ``/v1/models`` (the stock one scans the hub cache, which is empty offline).
 - :class:`RequestGuard`: an ASGI middleware that checks a POST before it reaches the
-  handler: JSON object, required fields, ``max_tokens`` within the cap (and a default when
-  absent: the stock default is 1024, past our context), prompt size in characters and in
-  tokens against the context. A bad request gets a 4xx with ``{"error": {...}}``; the
-  server keeps serving.
+  handler: body size (from Content-Length before reading it, else while reading it), JSON
+  object, required fields, ``max_tokens`` within the cap (and a default when absent: the
+  stock default is 1024, past our context), prompt size in characters and in tokens against
+  the context. A bad request gets a 4xx with ``{"error": {...}}``; the server keeps serving.
+  It also bounds the generations running or queued (transformers runs them one at a time on
+  one thread, from an unbounded queue): past ``max_pending`` a request gets a 503 with
+  ``Retry-After``. A streaming client that goes away is counted and logged; transformers'
+  handler then cancels its generation at the next token. A non-streaming generation runs to
+  its end (at most ``max_tokens_cap`` tokens) whether or not its client is still there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,8 @@ class Limits:
     default_max_tokens: int = 64  # when a request names none
     max_prompt_chars: int = 20_000  # before tokenizing: a huge body is refused cheaply
     max_body_bytes: int = 1_000_000
+    max_pending: int = 8  # generations running or queued at once; past it a 503 with Retry-After
+    retry_after_s: int = 1
 
 
 def _manager_class():
@@ -86,50 +94,104 @@ def build_app(resolved: ResolvedModel, name: str = "llm-lifecycle", limits: Limi
         generation_state=state,
     )
     model, tokenizer = manager.load_model_and_processor(manager.process_model_name(name))
-    context = getattr(model.config, "max_position_embeddings", None)
-    return RequestGuard(app, tokenizer, context, name, limits)
+    return RequestGuard(app, model, tokenizer, name, limits)
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.retry_after_s = status, message, param, retry_after_s
 
 
 class RequestGuard:
-    """ASGI middleware: validate and complete POST bodies of the generation endpoints."""
+    """ASGI middleware: validate and complete POST bodies of the generation endpoints, bound the
+    generations in flight. ``stats`` counts admitted, refused (4xx), busy (503) and disconnected
+    requests; ``active`` is the number of generations running or queued now."""
 
     REQUIRED = {"/v1/chat/completions": "messages", "/v1/completions": "prompt"}
 
-    def __init__(self, app, tokenizer, context: int | None, name: str, limits: Limits):
-        self.app, self.tokenizer, self.context, self.name, self.limits = app, tokenizer, context, name, limits
+    def __init__(self, app, model, tokenizer, name: str, limits: Limits):
+        self.app, self.model, self.tokenizer, self.name, self.limits = app, model, tokenizer, name, limits
+        self.context: int | None = getattr(model.config, "max_position_embeddings", None)
+        self.stats: Counter[str] = Counter()
+        self.active = 0  # only touched on the event loop's thread: no lock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.REQUIRED:
             return await self.app(scope, receive, send)
-        body, more = b"", True
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:  # the client went away while sending its body
+                return None
+            checked = self.check(scope["path"], body)
+            if self.active >= self.limits.max_pending:
+                raise RequestError(
+                    503,
+                    f"this server is busy: {self.active} generations are running or queued, its limit (max_pending); "
+                    f"retry after {self.limits.retry_after_s} s",
+                    retry_after_s=self.limits.retry_after_s,
+                )
+        except RequestError as e:
+            self.stats["busy" if e.status == 503 else "refused"] += 1
+            return await _error(send, e)
+        self.active += 1
+        self.stats["admitted"] += 1
+        try:
+            await self._forward(scope, receive, send, checked)
+        finally:
+            self.active -= 1
+
+    async def _read_body(self, scope, receive) -> bytes | None:
+        """The body, refused with a 413 from its Content-Length before reading it, or as soon as the
+        bytes read pass the cap (a chunked body has no length)."""
+        cap = self.limits.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > cap:
+            raise RequestError(
+                413, f"the request body is {int(declared)} bytes (Content-Length), over this server's limit of {cap} bytes: shorten the prompt"
+            )
+        parts, size, more = [], 0, True
         while more:
             message = await receive()
-            body += message.get("body", b"")
+            if message["type"] == "http.disconnect":
+                return None
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > cap:
+                raise RequestError(
+                    413, f"the request body passed this server's limit of {cap} bytes (read {size} before stopping): shorten the prompt"
+                )
             more = message.get("more_body", False)
-            if len(body) > self.limits.max_body_bytes:
-                return await _error(send, RequestError(413, f"request body over {self.limits.max_body_bytes} bytes"))
-        try:
-            checked = self.check(scope["path"], body)
-        except RequestError as e:
-            return await _error(send, e)
+        return b"".join(parts)
+
+    async def _forward(self, scope, receive, send, checked: dict[str, Any]) -> None:
+        """Hand the checked body to transformers' app; count a response its client did not wait for."""
         payload = json.dumps(checked).encode()
-        sent = False
+        seen = {"replayed": False, "gone": False, "done": False, "bytes": 0}
 
         async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
+            if seen["replayed"]:
+                message = await receive()
+                # A disconnect before the last body part went out: the client left early (after it, uvicorn answers
+                # every receive so). "done" alone can't tell: starlette's request-id middleware ends a cut stream too.
+                seen["gone"] |= message["type"] == "http.disconnect" and not seen["done"]
+                return message
+            seen["replayed"] = True
             return {"type": "http.request", "body": payload, "more_body": False}
 
+        async def watch(message):
+            if message["type"] == "http.response.body":
+                seen["bytes"] += len(message.get("body", b""))
+                seen["done"] |= not message.get("more_body", False)
+            await send(message)
+
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [(b"content-length", str(len(payload)).encode())]
-        return await self.app({**scope, "headers": headers}, replay, send)
+        await self.app({**scope, "headers": headers}, replay, watch)
+        if seen["gone"]:
+            self.stats["disconnected"] += 1
+            log.info(
+                "the client of %s went away after %d bytes of the response; its generation stops at the next token", scope["path"], seen["bytes"]
+            )
 
     def check(self, path: str, raw: bytes) -> dict[str, Any]:
         try:
@@ -143,6 +205,10 @@ class RequestGuard:
             raise RequestError(400, f"missing required field '{field}'", field)
         if body.get("model") not in (None, self.name):
             raise RequestError(404, f"model '{body.get('model')}' is not served here; this server serves '{self.name}'", "model")
+        if "generation_config" in body:  # transformers would build the whole GenerationConfig from it (num_beams, min_new_tokens, ...)
+            raise RequestError(
+                400, "'generation_config' is not accepted by this server; use max_tokens, temperature, top_p and stop", "generation_config"
+            )
         body["model"] = self.name
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         asked = body.get(key, self.limits.default_max_tokens)
@@ -187,14 +253,12 @@ class RequestGuard:
 
 
 async def _error(send, e: RequestError) -> None:
-    body = json.dumps({"error": {"message": e.message, "type": "invalid_request_error", "param": e.param, "code": e.status}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": e.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    kind = "server_busy" if e.status == 503 else "invalid_request_error"
+    body = json.dumps({"error": {"message": e.message, "type": kind, "param": e.param, "code": e.status}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if e.retry_after_s is not None:
+        headers.append((b"retry-after", str(e.retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": e.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,25 +14,7 @@ import pytest
 
 from phases.errors import ConfigError, DataError
 from phases.inference.resolve import resolve
-from phases.inference.server import Limits, build_app
-
-
-@pytest.fixture(scope="module")
-def server(toy_align):
-    import uvicorn
-
-    app = build_app(resolve(str(toy_align)), name="toy", limits=Limits(max_tokens_cap=32, default_max_tokens=8, max_prompt_chars=2000))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+from phases.inference.server import build_app
 
 
 def client(base):
@@ -76,6 +57,7 @@ def test_completions_health_and_default_max_tokens(server):
         (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}', 400, "above this server's cap of 32"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}', 400, "top_p=1.5"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "model": "other"}', 404, "serves 'toy'"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "generation_config": "{\\"num_beams\\": 64}"}', 400, "'generation_config' is not"),
         (json.dumps({"messages": [{"role": "user", "content": "x" * 3000}]}).encode(), 413, "3000 characters"),
         (json.dumps({"messages": [{"role": "user", "content": "word " * 380}]}).encode(), 400, "exceeds the context"),
     ],
@@ -87,25 +69,13 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(server, body, 
     assert ok.status_code == 200
 
 
-def test_the_int8_model_serves(tmp_path, toy_align):
-    import uvicorn
-
+def test_the_int8_model_serves(tmp_path, toy_align, serving):
     from phases.inference.quantize import save_int8
 
     int8 = save_int8(toy_align, tmp_path / "int8")
-    app = build_app(resolve(str(int8)), name="toy-int8")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    while not srv.started and t.is_alive():
-        time.sleep(0.05)
-    try:
-        base = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    with serving(build_app(resolve(str(int8)), name="toy-int8")) as base:
         r = client(base).chat.completions.create(model="toy-int8", messages=CHAT, max_tokens=4)
         assert r.usage.completion_tokens <= 4
-    finally:
-        srv.should_exit = True
-        t.join(10)
 
 
 # ------------------------------------------------------------------ models:/ URIs
