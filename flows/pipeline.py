@@ -15,7 +15,7 @@ from flows.parameters import ConfigChoice, Overrides, PhaseName, assignments
 from phases.config import PHASE_NAMES, load_config
 from phases.errors import LifecycleError
 from phases.refs import PhaseRef
-from phases.registry import PHASES, finished_output, sources_ref
+from phases.registry import PHASES, finished_output, sources_ref, why_built
 from phases.storage import MANIFEST, is_complete, output_dir
 from tasks import crash, lineage
 from tasks.phases import TASKS, LineageContext
@@ -72,6 +72,10 @@ def lifecycle_pipeline(
             inputs = {n: refs[n] for n in spec.inputs}
             section = cfg.section(spec.name)
             key = spec.key(section, inputs)
+            why = "--force" if force and spec.name in selected else None
+            if why is None and spec.name in selected and finished_output(spec.name, key, home) is None:
+                why = why_built(spec.name, section, inputs, home)
+                logger.info("%s: building (%s)", spec.name, why)
             with rebuilding(home, spec.name, key) if force and spec.name in selected else contextlib.nullcontext():
                 # Phases before the selected ones are only reused: they fail if never finished.
                 state = TASKS[spec.name](section, inputs, key, ctx, reuse_only=spec.name not in selected, return_state=True)
@@ -80,7 +84,9 @@ def lifecycle_pipeline(
                 ref, reused = state.result()
             refs[spec.name] = ref
             results[spec.name] = {"uri": ref.uri, "reused": reused, "headline": {k: ref.summary.get(k) for k in spec.headline}}
-            logger.info("%s: %s %s", spec.name, "reused" if reused else "done", results[spec.name]["headline"])
+            if not reused:
+                results[spec.name]["why"] = why
+            logger.info("%s: %s %s", spec.name, "reused" if reused else f"built ({why})", results[spec.name]["headline"])
     except BaseException as e:
         lineage.fail_run(mlf, parent, e)
         raise

@@ -42,7 +42,7 @@ class PhaseSpec:
 
 RECORDS = ("*.log", "metrics.jsonl")
 PHASES: tuple[PhaseSpec, ...] = (
-    PhaseSpec("data", 3, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
+    PhaseSpec("data", 4, ("sources",), data.build, ("train_docs", "validation_docs", "exact_duplicates", "near_duplicates", "quarantined")),
     PhaseSpec("model", 1, ("data",), model.build, ("vocab_size", "train_tokens", "train_sequences", "parameters"), RECORDS),
     # summary.json, training_args.json (it names the staging directory) and the model card carry timings and paths.
     PhaseSpec(
@@ -85,6 +85,48 @@ def sources_ref(cfg: LifecycleConfig) -> PhaseRef:
     return PhaseRef(phase="sources", key=fp[:20], uri=";".join(s.path or s.kind for s in cfg.data.sources), fingerprint=fp, summary=summary)
 
 
+def why_built(name: str, section: Section, inputs: Mapping[str, PhaseRef], home: Path) -> str:
+    """Why phase ``name`` has no finished output for this config: what differs from its latest one."""
+    import json
+
+    from phases.storage import MANIFEST
+
+    spec = BY_NAME[name]
+    manifests = [json.loads(p.read_text()) for p in (Path(home) / "outputs" / name).glob(f"*/{MANIFEST}")]
+    if not manifests:
+        return "first build of this phase"
+    last = max(manifests, key=lambda m: m.get("created_at", ""))
+    if last.get("version") != spec.version:
+        return f"phase version {last.get('version')} -> {spec.version} (its outputs' format or meaning changed)"
+    reasons = []
+    for n in spec.inputs:
+        before = last.get("inputs", {}).get(n, {})
+        if before.get("fingerprint") != inputs[n].fingerprint:
+            if n == "sources":
+                reasons.append(f"sources changed ({_sources_change(before.get('summary'), inputs[n].summary)})")
+            else:
+                reasons.append(f"input {n} changed ({str(before.get('fingerprint'))[:12]} -> {inputs[n].fingerprint[:12]})")
+    changed = _changed_keys(last.get("config", {}), section.model_dump(mode="json"), name)
+    if changed:
+        reasons.append("config changed: " + ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""))
+    return "; ".join(reasons) or f"its output was removed (last built {last.get('created_at')})"
+
+
+def _sources_change(before: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str:
+    def fmt(s):
+        return "?" if not s or s.get("bytes") is None else f"{s['files']} files, {s['bytes']:,} bytes"
+
+    if not before:
+        return "new or modified files"
+    return ", ".join(f"{n}: {fmt(before.get(n))} -> {fmt(s)}" for n, s in now.items() if before.get(n) != s) or "file times changed"
+
+
+def _changed_keys(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _changed_keys(a.get(key), b.get(key), f"{prefix}.{key}")]
+    return [] if a == b else [prefix]
+
+
 def finished_output(name: str, key: str, home: Path) -> PhaseRef | None:
     path = output_dir(home, name, key)
     return ref_from_dir(path) if is_complete(path) else None
@@ -114,7 +156,10 @@ def run_phase(
     manifest = {
         "version": spec.version,
         "config": section.model_dump(mode="json"),
-        "inputs": {n: {"uri": r.uri, "fingerprint": r.fingerprint, "key": r.key} for n, r in inputs.items()},
+        "inputs": {
+            n: {"uri": r.uri, "fingerprint": r.fingerprint, "key": r.key, **({"summary": r.summary} if n == "sources" else {})}
+            for n, r in inputs.items()
+        },
         **(dict(extra) if extra else {}),
     }
     return materialize(

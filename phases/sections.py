@@ -138,6 +138,11 @@ class DataConfig(Section):
     max_chars: int = Field(200_000, gt=0, description="Documents longer than this are quarantined as too_long.")
     quality: QualityConfig = Field(QualityConfig(), description="Thresholds of the quality heuristics.")
     near_dedup: NearDedupConfig = Field(NearDedupConfig(), description="Near-duplicate removal.")
+    dedup_index: bool = Field(
+        True,
+        description="Keep the near-deduplicated documents in an index under $LIFECYCLE_HOME/index/dedup/: a later run on sources "
+        "that only grew deduplicates just the new documents against it (false: every run deduplicates everything).",
+    )
     redact_pii: bool = Field(True, description="Replace e-mails, IP addresses, phone numbers and secrets with placeholders (phases/data/pii.py).")
     mix_by: Literal["documents", "chars"] = Field(
         "documents", description="Unit of the mixture weights (characters stand in for tokens before the tokenizer exists)."

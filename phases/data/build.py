@@ -15,6 +15,7 @@ from typing import Any
 
 from phases.config import DataConfig
 from phases.data.documents import PII_KINDS, PROCESSED_SCHEMA, process_batches, unread_files
+from phases.data.near import indexed_ids, log_cluster_sizes, remove_near_duplicates
 from phases.data.sources import read_source
 from phases.data.spark import spark_session
 from phases.errors import DataError
@@ -116,6 +117,7 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
         log.info("data: read %s documents", read_counts)
 
         good = docs.where(F.col("stage").isNull())
+        near_index = indexed_ids(spark, cfg)
         # One text per id: the first record in file order (file path, then line) keeps it, the
         # others are quarantined with the place of the one kept.
         by_id = Window.partitionBy("id").orderBy("location", "line")
@@ -128,11 +130,15 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
             .withColumn("detail", F.concat(F.lit("kept "), F.col("_kept_at")))
         )
         good = good.where("_n = 1").drop("_kept_at")
-        # Exact dedup on the normalized text: the smallest id of each text is kept.
-        by_sha = Window.partitionBy("sha").orderBy("id")
+        # Exact dedup on the normalized text: the smallest id of each text is kept, a document the
+        # dedup index holds before any other (its verdict stands; a new copy of it goes).
+        first = [F.col("_new")] if near_index is not None else []
+        if first:
+            good = good.join(near_index.select("id", F.lit(False).alias("_new")), "id", "left").fillna({"_new": True})
+        by_sha = Window.partitionBy("sha").orderBy(*first, "id")
         good = good.withColumn("_r", F.row_number().over(by_sha)).withColumn("_kept_id", F.first("id").over(by_sha))
         exact = good.where("_r > 1").withColumn("stage", F.lit("dedup")).withColumn("reason", F.lit("exact_duplicate"))
-        unique = good.where("_r = 1").drop("_r", "_n", "_kept_id").persist()
+        unique = good.where("_r = 1").drop("_r", "_n", "_kept_id", *(["_new"] if first else [])).persist()
         near, near_stats, cluster_sizes = None, {}, {}
         if cfg.near_dedup.enabled:
             unique, near, near_stats, cluster_sizes = remove_near_duplicates(spark, unique, cfg)
@@ -182,6 +188,14 @@ def build(cfg: DataConfig, inputs: dict, out: Path, sink: MetricsSink) -> dict[s
     if cfg.near_dedup.enabled:
         summary["near_duplicates"] = sum(r["count"] for r in reasons if r["reason"] == "near_duplicate")
         summary["near_dedup"] = {**near_stats, "cluster_sizes": cluster_sizes}
+        if near_stats.get("mode"):
+            log.info(
+                "data: near-dedup %s (%s): %d new documents, %d indexed",
+                near_stats["mode"],
+                near_stats["reason"],
+                near_stats["new_docs"],
+                near_stats["indexed_docs"],
+            )
         sink.log_metrics(
             {
                 "near_duplicates": summary["near_duplicates"],
@@ -210,74 +224,6 @@ def content_digest(out: Path) -> str:
             for row in batch.to_pylist():
                 h.update(repr(sorted(row.items())).encode())
     return h.hexdigest()
-
-
-def remove_near_duplicates(spark, unique, cfg: DataConfig):
-    """Drop all but the smallest id of each verified near-duplicate cluster.
-
-    Returns the remaining documents, the removed ones as rejected rows, the dedup stats and
-    the cluster-size distribution ({size: clusters}).
-    """
-    from pyspark.sql import functions as F
-
-    from phases.data.dedup import near_dedup
-    from phases.data.dedup.frames import small_ids
-
-    nd = cfg.near_dedup
-    log.info(
-        "data: near-dedup (MinHash %d perms, %d-grams, threshold %.2f, bands x rows %s, %s hash)",
-        nd.num_perm,
-        nd.ngram,
-        nd.threshold,
-        nd.banding(),
-        nd.hashing,
-    )
-    clusters, stats = near_dedup(spark, unique, nd)  # cached: its texts are read from memory
-    removed = clusters.where(~F.col("kept")).select("id", "cluster_id").persist()
-    near = unique.join(removed, "id").select(
-        "id",
-        "source",
-        "location",
-        "line",
-        F.lit("dedup").alias("stage"),
-        F.lit("near_duplicate").alias("reason"),
-        F.col("cluster_id").alias("detail"),
-        "chars",
-    )
-    remaining = unique.join(small_ids(removed.select("id")), "id", "left_anti").persist()
-    sizes = {
-        int(r["size"]): int(r["clusters"])
-        for r in clusters.groupBy("cluster_id")
-        .count()
-        .where("count > 1")
-        .groupBy(F.col("count").alias("size"))
-        .agg(F.count("*").alias("clusters"))
-        .collect()
-    }
-    return remaining, near, stats, dict(sorted(sizes.items()))
-
-
-def log_cluster_sizes(sizes: dict[int, int], sink: MetricsSink) -> None:
-    """A bar chart of the near-duplicate cluster-size distribution, as an artifact."""
-    import tempfile
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(len(sizes)), list(sizes.values()))
-    ax.set_xticks(range(len(sizes)), [str(k) for k in sizes])
-    ax.set_xlabel("documents in cluster")
-    ax.set_ylabel("clusters")
-    ax.set_title("Near-duplicate clusters by size")
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "dedup_cluster_sizes.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        sink.log_artifact(path)
 
 
 def _summarize(cfg, sink, read_counts, kept, available, targets, split_counts, reasons, pii, copies, train_files, val_files) -> dict[str, Any]:
