@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def run_supervised(
     logger.info("starting: %s", " ".join(map(str, cmd)))
     with log_path.open("a", buffering=1, encoding="utf-8") as log_file:
         proc = subprocess.Popen(
-            list(map(str, cmd)),
+            orphan_guarded(list(map(str, cmd))),
             env=dict(env) if env is not None else None,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -91,6 +92,30 @@ def run_supervised(
             log_tail="\n".join(tail),
         )
     logger.info("finished: %s (exit 0)", _name(cmd))
+
+
+def orphan_guarded(cmd: list[str]) -> list[str]:
+    """``cmd`` behind a guard that ends it when this process dies (a kill -9 of the orchestrator too).
+
+    On Linux the guard (``python -m phases.process``) asks the kernel for SIGTERM when its parent
+    dies (PR_SET_PDEATHSIG, kept across exec), then execs ``cmd`` in its place: the same pid and
+    process group, no extra process. DeepSpeed's launcher forwards SIGTERM to its ranks. Elsewhere
+    ``cmd`` runs as it is.
+    """
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-m", "phases.process", str(os.getpid()), "--", *cmd]
+
+
+def _exec_guarded(argv: list[str]) -> None:
+    """The guard's main: ``<parent pid> -- cmd...``."""
+    import ctypes
+
+    parent, cmd = int(argv[0]), argv[2:]
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request: nothing would signal us
+        sys.exit(f"phases.process: the supervising process {parent} is gone; not starting {cmd[:1]}")
+    os.execvp(cmd[0], cmd)
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float) -> None:
@@ -185,3 +210,7 @@ def _name(cmd: Sequence[str]) -> str:
     if "-m" in parts and parts.index("-m") + 1 < len(parts):
         return parts[parts.index("-m") + 1]
     return Path(parts[0]).name if parts else "command"
+
+
+if __name__ == "__main__":
+    _exec_guarded(sys.argv[1:])

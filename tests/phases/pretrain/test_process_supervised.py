@@ -106,3 +106,40 @@ def test_interrupt_in_parent_kills_the_group(tmp_path):
     finally:
         timer.cancel()
     assert _wait_gone(_grandchild_pid(tmp_path / "run.log")), "grandchild survived the cancel"
+
+
+# A launcher that ends its group on SIGTERM, as DeepSpeed's runner forwards SIGTERM to its ranks.
+FORWARDER = (
+    "import os, signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))\n"
+    "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "print('child', os.getpid(), flush=True)\n"
+    "print('grandchild', g.pid, flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_kill_9_of_the_supervisor_ends_the_job(tmp_path):
+    """The orchestrator itself killed with SIGKILL (no handler runs): the kernel's parent-death signal
+    reaches the supervised child, which ends its group; no rank is left training alone."""
+    import signal
+    import subprocess
+
+    log = tmp_path / "run.log"
+    code = (
+        "import logging, sys\nfrom phases.process import run_supervised\n"
+        f"run_supervised([sys.executable, '-c', {FORWARDER!r}], None, {str(tmp_path)!r}, None, logging.getLogger('t'), {str(log)!r})\n"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[3])
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "grandchild" in log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(next(line for line in log.read_text().splitlines() if line.startswith("child")).split()[1])
+        grandchild = _grandchild_pid(log)
+        assert _alive(child) and _alive(grandchild)
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(10)
+        assert _wait_gone(child) and _wait_gone(grandchild), "the job outlived its supervisor"
+    finally:
+        supervisor.kill()
