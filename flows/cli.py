@@ -89,9 +89,10 @@ def _dry_run(cfg, selected: list[str], force: bool = False) -> int:
     import yaml
 
     from flows.env import configure
+
+    home = configure()  # checks that the home can be written; before Prefect is imported, which reads its settings once
     from flows.pipeline import plan
 
-    home = configure()
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     print(f"\n# config hash {cfg.digest()}; outputs under {home / 'outputs'}")
     budget = _budget_line(cfg)
@@ -206,7 +207,7 @@ def _run(args) -> int:
         return _dry_run(cfg, selected, args.force)
     from flows.env import configure
 
-    configure()
+    configure()  # fails in one line on a home that cannot be written, before the Prefect server or any MLflow run starts
     from flows.pipeline import lifecycle_pipeline
 
     result = lifecycle_pipeline(config=str(args.config), overrides=list(args.overrides), phases=selected, force=args.force)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from phases.config import canonical_json
-from phases.errors import NotReadyError
+from phases.errors import LifecycleError, NotReadyError, write_error
 from phases.refs import PhaseRef
 
 MANIFEST = "manifest.json"
@@ -148,38 +148,67 @@ def materialize(
         return ref_from_dir(final), True
     if reuse_only:
         raise NotReadyError(f"phase {phase} has no finished output for this config (key {key}); add it to --phases")
-    with output_lock(final):
-        if is_complete(final):  # another run published it while this one waited
-            log.info("%s: reusing the output another run just published: %s", phase, final)
-            return ref_from_dir(final), True
-        staging = final.parent / f".{key}.staging-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        started = time.time()
-        try:
-            summary = build(staging)
-            readable_by_all(staging)
-            fingerprint, files = dir_digest(staging, records)
-            # A phase may vouch for its content with its own digest (the data phase hashes rows,
-            # which stay identical when only a writer's footer bytes differ, e.g. across Spark masters).
-            fingerprint = summary.pop(CONTENT_FINGERPRINT, None) or fingerprint
-            write_json_atomic(
-                staging / MANIFEST,
-                {
-                    "phase": phase,
-                    "key": key,
-                    "fingerprint": fingerprint,
-                    **dict(manifest or {}),
-                    "summary": summary,
-                    "files": files,
-                    "records": list(records),
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "duration_s": round(time.time() - started, 3),
-                },
-            )
-            if final.exists():  # an unfinished leftover from a killed run: replace it
-                shutil.rmtree(final)
-            os.rename(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with output_lock(final):
+            if is_complete(final):  # another run published it while this one waited
+                log.info("%s: reusing the output another run just published: %s", phase, final)
+                return ref_from_dir(final), True
+            _build_and_publish(final, phase, key, build, manifest, records)
+            return ref_from_dir(final), False
+    except BaseException as e:
+        plain = explained(e, phase, final)
+        if plain is None:
             raise
-    return ref_from_dir(final), False
+        raise plain from e
+
+
+def _build_and_publish(final: Path, phase: str, key: str, build, manifest, records) -> None:
+    """Build into a staging directory beside ``final``, write the manifest last, rename into place;
+    on any failure the staging directory goes and nothing is published."""
+    staging = final.parent / f".{key}.staging-{uuid.uuid4().hex[:8]}"
+    started = time.time()
+    try:
+        staging.mkdir()
+        summary = build(staging)
+        readable_by_all(staging)
+        fingerprint, files = dir_digest(staging, records)
+        # A phase may vouch for its content with its own digest (the data phase hashes rows,
+        # which stay identical when only a writer's footer bytes differ, e.g. across Spark masters).
+        fingerprint = summary.pop(CONTENT_FINGERPRINT, None) or fingerprint
+        write_json_atomic(
+            staging / MANIFEST,
+            {
+                "phase": phase,
+                "key": key,
+                "fingerprint": fingerprint,
+                **dict(manifest or {}),
+                "summary": summary,
+                "files": files,
+                "records": list(records),
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "duration_s": round(time.time() - started, 3),
+            },
+        )
+        if final.exists():  # an unfinished leftover from a killed run: replace it
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def explained(err: BaseException, phase: str, final: Path) -> LifecycleError | None:
+    """A build's or publish's failure that arrives as a system's raw error, said in one line.
+
+    A write the disk or file system refused (full, a size limit, read-only, no permission, a file
+    where a directory must be) becomes a :class:`~phases.errors.WriteError` naming the path; a
+    Spark job's failure (PySpark's or Py4J's multi-line text) keeps Spark's reason. Both fail the
+    same way again, so neither is retried. Anything else is left as it is (None).
+    """
+    if isinstance(err, OSError):
+        return write_error(err, f"phase {phase}'s output {final}", default_path=final, home=final.parents[2])
+    if type(err).__module__.startswith(("pyspark", "py4j")):
+        from phases.data.spark import job_error
+
+        return job_error(err)
+    return None

@@ -25,9 +25,15 @@ from phases.registry import BY_NAME, PHASES, run_phase
 from tasks import lineage
 from tasks.progress import progress_artifact
 
-# Failures worth another try: the tracking store or a filesystem hiccup, never a bad
-# config, bad data or a crashed training job (those fail the same way again).
-TRANSIENT = (ConnectionError, TimeoutError, sqlite3.OperationalError)
+# Failures worth another try: the network or the tracking store, never a bad config, bad data, a
+# full disk, a failed Spark job or a crashed training job (LifecycleErrors: they fail the same way
+# again). MLflow's client already retries a lost connection and 429/5xx answers itself
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES, 7 with exponential backoff: about 4 minutes); when it gives up it
+# raises an MlflowException over requests' error, so the chain of causes is what is looked at.
+TRANSIENT = (ConnectionError, TimeoutError)
+# Modules whose exceptions wrap the one that says why (MLflow over requests over urllib3, SQLAlchemy over sqlite3).
+WRAPPERS = ("mlflow", "sqlalchemy", "requests", "urllib3")
+RETRY_DELAYS_S = [5, 30]
 # Phases whose step-by-step progress becomes a Prefect progress artifact (tasks/progress.py).
 TRAINING = ("pretrain", "align")
 # Task names say what the task does (the Prefect UI lists them).
@@ -41,9 +47,28 @@ VERBS = {
 }
 
 
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether another attempt may succeed: a lost connection, a timeout, a server answering "try
+    later" after MLflow's own retries, a locked SQLite database. Anything else fails once."""
+    import requests
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, LifecycleError):
+            return False
+        if isinstance(exc, (*TRANSIENT, requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError)):
+            return True
+        if isinstance(exc, sqlite3.OperationalError):  # "unable to open", "readonly database": not worth a retry
+            return "locked" in str(exc) or "busy" in str(exc)
+        if type(exc).__module__.split(".")[0] not in WRAPPERS:
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _retry_transient(task, task_run, state) -> bool:
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, TRANSIENT) and not isinstance(exc, LifecycleError)
+    return is_transient(state.result(raise_on_failure=False))
 
 
 @dataclass(frozen=True)
@@ -80,7 +105,10 @@ def run_in_child_run(
             AFTER_BUILD[phase](section, ref, run_id, ctx)
         lineage.finish_child(mlf, run_id, ref, reused)
     except BaseException as e:
-        lineage.fail_run(mlf, run_id, e)
+        try:
+            lineage.fail_run(mlf, run_id, e)
+        except Exception as lost:  # the tracking server may be what is gone: the phase's own error decides the retry
+            logger.warning("%s: could not mark MLflow run %s failed, it may stay RUNNING (%s: %s)", phase, run_id, type(lost).__name__, lost)
         raise
     logger.info("%s: %s %s", phase, "reused" if reused else "published", ref.uri)
     publish_summary(phase, ref, reused, run_id, ctx)
@@ -145,7 +173,7 @@ AFTER_BUILD = {"align": register_model, "evaluate": promote_model}
 
 
 def _phase_task(phase: str):
-    @task(name=VERBS[phase], persist_result=False, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_transient)
+    @task(name=VERBS[phase], persist_result=False, retries=2, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=_retry_transient)
     def run(section: Section, inputs: dict[str, PhaseRef], key: str, ctx: LineageContext, reuse_only: bool = False):
         ref, reused = run_in_child_run(phase, section, inputs, key, ctx, reuse_only)
         if reused:
