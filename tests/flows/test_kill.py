@@ -1,6 +1,7 @@
-"""kill -9 of `lifecycle run` itself during pretraining (the orchestrator, its Prefect server and the
-DeepSpeed job with it): nothing is published, the rerun of the flow resumes from the last checkpoint
-and says so, its losses equal an uninterrupted run's, and no MLflow run is left RUNNING."""
+"""kill -9 of `lifecycle run` itself (the orchestrator, its Prefect server, its Spark JVM and the
+DeepSpeed job with it), during the data phase and then during pretraining: nothing is published, the
+rerun of the flow builds the data a clean run builds, resumes pretraining from the last checkpoint and
+says so, its losses equal an uninterrupted run's, and no MLflow run is left RUNNING."""
 
 import json
 import os
@@ -60,17 +61,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_kill_9_of_the_flow_during_pretraining_resumes_with_the_same_losses(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    home, cfg = tmp_path / "home", _config(tmp_path)
-    proc = subprocess.Popen(
+def _start(home, cfg):
+    return subprocess.Popen(
         [LIFECYCLE, "run", "--config", str(cfg), "--phases", "data,model,pretrain"],
         env=_env(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _data_fingerprint(home) -> str:
+    (manifest,) = (home / "outputs" / "data").glob("*/manifest.json")
+    return json.loads(manifest.read_text())["fingerprint"]
+
+
+def test_a_kill_9_of_the_flow_during_data_then_pretraining(tmp_path):
+    """First killed while Spark deduplicates (the data phase's staging directory exists), then again
+    during pretraining: each rerun goes on from where the last one stopped."""
+    from mlflow.tracking import MlflowClient
+
+    home, cfg = tmp_path / "home", _config(tmp_path)
+    proc = _start(home, cfg)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list((home / "outputs" / "data").glob(".*.staging-*")):
+        time.sleep(0.01)
+    time.sleep(3)  # into the Spark work
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its Spark JVM and its temporary Prefect server
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the data phase finished before the kill"
+    assert not list((home / "outputs" / "data").glob("*/manifest.json")), "a killed data phase was published"
+
+    proc = _start(home, cfg)
     deadline, rank = time.monotonic() + 600, None
     while time.monotonic() < deadline and proc.poll() is None:
         latest = next((home / "checkpoints" / "pretrain").glob(f"*/{LATEST}"), None) if (home / "checkpoints").is_dir() else None
@@ -102,6 +124,11 @@ def test_a_kill_9_of_the_flow_during_pretraining_resumes_with_the_same_losses(tm
     after, whole = _losses(out), _losses(ref)
     assert sorted(after) == list(range(start + 1, STEPS + 1))
     assert {s: whole[s] for s in after} == after
+
+    # The data the reruns published equals a clean run's, in a home that never saw a kill.
+    clean = subprocess.run([LIFECYCLE, "run", "--config", str(cfg), "--phases", "data"], capture_output=True, text=True, env=_env(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert _data_fingerprint(home) == _data_fingerprint(tmp_path / "clean")
 
     mlf = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     runs = mlf.search_runs([mlf.get_experiment_by_name("kill-toy").experiment_id])
