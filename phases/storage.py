@@ -100,11 +100,18 @@ def output_lock(final: Path):
     # Beside the phase folders, not in them: outputs/<phase>/ lists published outputs only.
     locks = final.parent.parent / ".locks"
     locks.mkdir(exist_ok=True)
-    with (locks / f"{final.parent.name}-{final.name}.lock").open("a") as fh:
+    with file_lock(locks / f"{final.parent.name}-{final.name}.lock", f"{final} is being built by another run: waiting for it"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: str):
+    """An exclusive flock on ``path`` (created if missing); logs ``waiting`` when another process holds it."""
+    with Path(path).open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("%s is being built by another run: waiting for it", final)
+            log.info("%s", waiting)
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 

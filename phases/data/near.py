@@ -14,8 +14,6 @@ and rebuilds the index, and says why. One run at a time updates an index (a file
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,6 +24,7 @@ from typing import Any
 
 from phases.config import DataConfig
 from phases.metrics import MetricsSink
+from phases.storage import file_lock
 
 log = logging.getLogger("lifecycle.data")
 
@@ -48,16 +47,9 @@ def index_dir(cfg: DataConfig) -> Path | None:
     return Path(home) / "index" / "dedup" / digest
 
 
-@contextlib.contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("data: the dedup index %s is in use by another run: waiting for it", path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+    return file_lock(path.parent / f".{path.name}.lock", f"data: the dedup index {path} is in use by another run: waiting for it")
 
 
 def indexed_ids(spark, cfg: DataConfig):
