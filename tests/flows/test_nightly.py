@@ -52,7 +52,7 @@ def test_a_second_night_dedups_only_new_documents_and_warm_starts(tmp_path, monk
 
     night2 = [(f"d{i:02d}", paragraph(500 + i)) for i in range(12)] + [("e00", near_copy(paragraph(7), 70))]
     write(src, night1 + night2)
-    second, log = _run(cfg, capsys, tokenizer)
+    second, _ = _run(cfg, capsys, tokenizer)
     phases = second["phases"]
     assert not any(p["reused"] for p in phases.values())
     assert phases["data"]["why"].startswith("sources changed (web: 1 files, ")
@@ -60,8 +60,9 @@ def test_a_second_night_dedups_only_new_documents_and_warm_starts(tmp_path, monk
     nd = data["summary"]["near_dedup"]
     assert (nd["mode"], nd["indexed_docs"], nd["new_docs"], nd["docs"], nd["removed"]) == ("incremental", 64, 13, 13, 1)
     assert phases["data"]["headline"]["near_duplicates"] == 5  # 4 from the index's verdicts, e00 new
-    assert "near-dedup of 13 new documents against the 64 indexed by 1 earlier runs" in log
-    assert "warm-starting on new data from checkpoint" in log
+    pretrain = tmp_path / "home" / "outputs" / "pretrain" / phases["pretrain"]["uri"].rsplit("/", 1)[1]
+    plan = json.loads((pretrain / "training_args.json").read_text())["checkpoint"]
+    assert plan["mode"] == "warm" and phases["pretrain"]["why"].startswith("input model changed")
 
     third, _ = _run(cfg, capsys, tokenizer)
     assert all(p["reused"] for p in third["phases"].values())
