@@ -53,7 +53,8 @@ PHASES: tuple[PhaseSpec, ...] = (
         ("first_loss", "final_loss", "val_loss", "tokens_per_s"),
         (*RECORDS, "summary.json", "training_args.json", "README.md"),
     ),
-    PhaseSpec("align", 2, ("pretrain", "data"), align.build, ("sft_rows", "sft_eval_loss", "pref_accuracy", "ppl_rise"), RECORDS),
+    # stages.json carries each stage's seconds.
+    PhaseSpec("align", 2, ("pretrain", "data"), align.build, ("sft_rows", "sft_eval_loss", "pref_accuracy", "ppl_rise"), (*RECORDS, "stages.json")),
     # Latencies and timings sit in the generation records and the quantization report.
     PhaseSpec(
         "inference",
