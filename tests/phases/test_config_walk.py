@@ -42,6 +42,7 @@ FREE = {
     "data.near_dedup.enabled": "bool",
     "data.near_dedup.seed": "any integer seeds MinHash",
     "data.redact_pii": "bool",
+    "data.dedup_index": "bool",
     "data.seed": "any integer",
     "model.tokenizer_path": "a directory; checked when the model phase loads it",
     "model.special_tokens": "any strings",
