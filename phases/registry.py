@@ -23,7 +23,7 @@ from phases.metrics import MetricsSink, NullSink
 from phases.model import build as model
 from phases.pretrain import build as pretrain
 from phases.refs import PhaseRef
-from phases.storage import is_complete, materialize, output_dir, phase_key, ref_from_dir
+from phases.storage import is_complete, materialize, output_dir, phase_key, read_manifest, ref_from_dir
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,9 @@ def sources_ref(cfg: LifecycleConfig) -> PhaseRef:
 
 def why_built(name: str, section: Section, inputs: Mapping[str, PhaseRef], home: Path) -> str:
     """Why phase ``name`` has no finished output for this config: what differs from its latest one."""
-    import json
-
-    from phases.storage import MANIFEST
-
     spec = BY_NAME[name]
-    manifests = [json.loads(p.read_text()) for p in (Path(home) / "outputs" / name).glob(f"*/{MANIFEST}")]
+    outputs = output_dir(home, name, "x").parent
+    manifests = [read_manifest(p) for p in outputs.glob("*") if is_complete(p)] if outputs.is_dir() else []
     if not manifests:
         return "first build of this phase"
     last = max(manifests, key=lambda m: m.get("created_at", ""))

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from phases.config import DataConfig
 from phases.metrics import MetricsSink
@@ -133,13 +132,10 @@ def _against_index(spark, unique, cfg: DataConfig, where: Path):
             check_params(where, cfg.near_dedup)
         except ValueError as err:
             why = str(err)
-    if not gens or why:
-        if why:
-            log.warning("data: deduplicating every document again and rebuilding the index: %s", why)
-        verdicts, stats = _full(spark, unique, cfg)
-        _rebuild(spark, where, unique, verdicts, cfg)
-        stats.update(mode="full" if not gens else "full, index rebuilt", reason=why or "no index yet", indexed_docs=0, new_docs=stats["docs"])
-        return verdicts, stats
+    if not gens:
+        return _full_and_index(spark, unique, cfg, where, "full", "no index yet")
+    if why:
+        return _full_and_index(spark, unique, cfg, where, "full, index rebuilt", why)
 
     old = spark.read.parquet(*[str(g / "docs") for g in gens]).select("id", "cluster_id", F.col("text").alias("_old_text"))
     matched = unique.select("id", "text").join(old, "id", "full_outer")
@@ -151,11 +147,7 @@ def _against_index(spark, unique, cfg: DataConfig, where: Path):
     ).first()
     if counts["gone"] or counts["changed"]:
         why = f"{counts['changed']} indexed documents changed their text and {counts['gone']} are no longer in the sources (only sources that grow are deduplicated incrementally)"
-        log.warning("data: deduplicating every document again and rebuilding the index: %s", why)
-        verdicts, stats = _full(spark, unique, cfg)
-        _rebuild(spark, where, unique, verdicts, cfg)
-        stats.update(mode="full, index rebuilt", reason=why, indexed_docs=0, new_docs=stats["docs"])
-        return verdicts, stats
+        return _full_and_index(spark, unique, cfg, where, "full, index rebuilt", why)
 
     kept_verdicts = unique.select("id").join(old.select("id", "cluster_id"), "id")
     log.info(
@@ -169,6 +161,15 @@ def _against_index(spark, unique, cfg: DataConfig, where: Path):
     update_index(spark, str(where), new, clusters, cfg.near_dedup)
     verdicts = kept_verdicts.unionByName(clusters.select("id", "cluster_id"))
     return verdicts, {**new_stats, **stats, "new_docs": counts["new"]}
+
+
+def _full_and_index(spark, unique, cfg: DataConfig, where: Path, mode: str, why: str):
+    """A full pass over ``unique``, whose documents then make up the index at ``where``."""
+    if mode != "full":
+        log.warning("data: deduplicating every document again and rebuilding the index: %s", why)
+    verdicts, stats = _full(spark, unique, cfg)
+    _rebuild(spark, where, unique, verdicts, cfg)
+    return verdicts, {**stats, "mode": mode, "reason": why, "indexed_docs": 0, "new_docs": stats["docs"]}
 
 
 def _rebuild(spark, where: Path, unique, verdicts, cfg: DataConfig) -> None:
@@ -208,8 +209,3 @@ def log_cluster_sizes(sizes: dict[int, int], sink: MetricsSink) -> None:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         sink.log_artifact(path)
-
-
-def summary_fields(stats: dict[str, Any]) -> dict[str, Any]:
-    """What a run's summary says about its near-dedup: how it ran, why, and what was new."""
-    return {k: stats[k] for k in ("mode", "reason", "indexed_docs", "new_docs") if k in stats}

@@ -112,15 +112,6 @@ def link_buckets(
     return edges, len(computed)
 
 
-def _groups(buckets: list[list[str]]) -> list[list[list[str]]]:
-    """``buckets`` by group (buckets linked by a shared member)."""
-    group = union_find((ids[0], i) for ids in buckets for i in ids[1:])
-    out: dict[str, list] = {}
-    for ids in buckets:
-        out.setdefault(group[ids[0]], []).append(ids)
-    return list(out.values())
-
-
 def candidate_edges(bits, members: list[str], buckets: list[list[str]], stored: list[str | None], threshold: float):
     """(verified edges that connect ``members`` as verifying all their candidate pairs would, Jaccards
     computed): every Jaccard of the group at once from its bitsets (:class:`GroupBits`), kept where the
@@ -199,17 +190,18 @@ def _verify_groups(group_buckets: dict[str, list], params: NearDedupConfig):
             chunk.append(g)
             chunk_bytes += int(size[[row[i] for i in {i for ids in group_buckets[g] for i in ids}]].sum())
             if chunk_bytes >= SLICE_TEXT_BYTES or n + 1 == len(groups):
-                yield _verify_chunk([b for c in chunk for b in group_buckets[c]], text, row, stored, params)
+                yield _verify_chunk([group_buckets[c] for c in chunk], text, row, stored, params)
                 chunk, chunk_bytes = [], 0
 
     return run
 
 
-def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
+def _verify_chunk(groups: list[list[list[str]]], text, row, stored, params: NearDedupConfig):
+    """The verified edges of ``groups`` (each a group's buckets) as an EDGE_SCHEMA batch, plus the count row."""
     import numpy as np
     import pyarrow as pa
 
-    docs = sorted({i for ids in buckets for i in ids})
+    docs = sorted({i for group in groups for ids in group for i in ids})
     local = {i: k for k, i in enumerate(docs)}
     sub = text.take(pa.array(np.array([row[i] for i in docs], dtype=np.int64)))
     sets = ShingleSets(sub, params.ngram)
@@ -223,7 +215,7 @@ def _verify_chunk(buckets, text, row, stored, params: NearDedupConfig):
         return [j if j is not None else jaccard(exact(x), exact(y)) for y, j in zip(ys, js)]
 
     small, edges, computed = [], [], 0
-    for group in _groups(buckets):
+    for group in groups:
         members = sorted({i for ids in group for i in ids})
         rows = np.array([local[i] for i in members], dtype=np.int64)
         bits = None
